@@ -1,0 +1,109 @@
+"""nd_loss forward+backward vs a per-sample loop like the public ND code, side by side.
+
+The public code keeps the class means as a dict of Python lists (loaded from JSON) and, for
+each sample, builds a tensor from its class's list (a host-to-device copy on a GPU), takes
+norms, compares them in Python and accumulates the loss. A second loop variant keeps the
+means as one tensor, to show how much of the gap is the per-sample Python work alone.
+
+    python benchmarks/bench_nd_loss.py [--classes 100] [--repeats 20] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from ndkd import nd_loss
+
+
+def loop_public_style(s, t, labels, centers_json, device):
+    """One sample at a time, class mean rebuilt from a Python list per sample."""
+    total = 0.0
+    for s_i, t_i, label in zip(s, t, labels):
+        center = torch.tensor(centers_json[str(label.item())], device=device)
+        e = center / center.norm(p=2)
+        denom = max(s_i.norm(p=2), t_i.norm(p=2))
+        total = total + 1 - torch.dot(s_i, e) / denom
+    return total / len(labels)
+
+
+def loop_tensor_centers(s, t, labels, centers):
+    """One sample at a time, class means already a device tensor."""
+    total = 0.0
+    for s_i, t_i, label in zip(s, t, labels):
+        e = centers[label] / centers[label].norm(p=2)
+        total = total + 1 - torch.dot(s_i, e) / torch.maximum(s_i.norm(), t_i.norm())
+    return total / len(labels)
+
+
+def time_step(step: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
+    """Median seconds of forward+backward over ``repeats`` runs, after two warm-ups."""
+    samples = []
+    for i in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def run(device: torch.device, classes: int, repeats: int) -> None:
+    print(
+        f"device {device}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
+        f"{platform.processor() or platform.machine()}; C={classes}; median of {repeats}"
+    )
+    header = (
+        f"{'batch':>5} {'dim':>5} {'nd_loss ms':>11} {'loop(json) ms':>14} "
+        f"{'ratio':>8} {'loop(tensor) ms':>16} {'ratio':>7}"
+    )
+    print(header)
+    for batch in (128, 512):
+        for dim in (64, 2048):
+            fast, slow_json, slow_tensor = bench_case(batch, dim, classes, device, repeats)
+            print(
+                f"{batch:>5} {dim:>5} {fast * 1e3:>11.3f} {slow_json * 1e3:>14.2f} "
+                f"{slow_json / fast:>7.0f}x {slow_tensor * 1e3:>16.2f} "
+                f"{slow_tensor / fast:>6.0f}x"
+            )
+
+
+def bench_case(
+    batch: int, dim: int, classes: int, device: torch.device, repeats: int
+) -> tuple[float, float, float]:
+    """Seconds per forward+backward: nd_loss, the JSON-list loop, the tensor loop."""
+    generator = torch.Generator().manual_seed(batch + dim)
+    s = torch.randn(batch, dim, generator=generator).to(device).requires_grad_(True)
+    t = torch.randn(batch, dim, generator=generator).to(device)
+    labels = torch.randint(0, classes, (batch,), generator=generator).to(device)
+    centers = (torch.rand(classes, dim, generator=generator) + 0.1).to(device)
+    centers_json = {str(k): row for k, row in enumerate(centers.cpu().tolist())}
+    loop_repeats = max(3, repeats // 4)
+    return (
+        time_step(lambda: nd_loss(s, t, labels, centers), device, repeats),
+        time_step(
+            lambda: loop_public_style(s, t, labels, centers_json, device), device, loop_repeats
+        ),
+        time_step(lambda: loop_tensor_centers(s, t, labels, centers), device, loop_repeats),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    run(torch.device(args.device), args.classes, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

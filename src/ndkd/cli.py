@@ -1,0 +1,187 @@
+"""The ``ndkd`` command. The library logs; this module decides what a person sees."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from ndkd import __version__, experiment
+from ndkd.centers import ClassMeans, load_official_json
+from ndkd.config import RunConfig, load_config
+from ndkd.console import ProgressPrinter
+from ndkd.engine import NonFiniteLossError, read_env
+
+
+def _parse_metadata(pairs: Sequence[str]) -> dict[str, str]:
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--meta expects KEY=VALUE, found {pair!r}")
+        metadata[key] = value
+    return metadata
+
+
+def _convert_centers(args: argparse.Namespace) -> int:
+    means = load_official_json(args.json)
+    means.metadata.update(_parse_metadata(args.meta))
+    means.metadata.pop("path", None)
+    path = means.save(args.output)
+    print(f"wrote {path}: {means.num_classes} classes x {means.dim} dims")
+    return 0
+
+
+def _inspect_centers(args: argparse.Namespace) -> int:
+    means = ClassMeans.load(args.path)
+    norms = torch.linalg.vector_norm(means.means, dim=1)
+    print(f"{args.path}")
+    print(f"  classes      {means.num_classes}")
+    print(f"  dim          {means.dim}")
+    print(f"  norm         min {norms.min():.4f}  mean {norms.mean():.4f}  max {norms.max():.4f}")
+    if means.counts is not None:
+        low, high = int(means.counts.min()), int(means.counts.max())
+        print(f"  samples      {int(means.counts.sum())} (per class {low}..{high})")
+    for key, value in sorted(means.metadata.items()):
+        print(f"  {key:<12} {value}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return load_config(args.config, args.overrides)
+
+
+def _is_main_process() -> bool:
+    return read_env().is_main
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.dry_run:
+        experiment.check_run_folder(config, args.resume)
+        built = experiment.build(config, join_process_group=False)
+        params = sum(p.numel() for p in built.student.parameters())
+        extra = sum(p.numel() for p in built.method.parameters())
+        print(
+            f"config ok: {config.student.arch} student ({params:,} parameters), "
+            f"teacher {config.teacher.arch or 'none'}, terms "
+            f"{', '.join(f'{t.name}x{t.weight:g}' for t in config.terms)} "
+            f"({extra:,} method parameters), {built.train_size} training images, "
+            f"{len(built.train_loader)} steps/epoch on {built.device}"
+        )
+        return 0
+    history = experiment.train(
+        config, resume=args.resume, progress=ProgressPrinter(enabled=_is_main_process())
+    )
+    if _is_main_process() and history:
+        last = history[-1]
+        print(f"done: {config.output_dir}  last epoch test top-1 {last.get('test_top1', 0):.2f}%")
+    return 0
+
+
+def _centers(args: argparse.Namespace) -> int:
+    printer = ProgressPrinter(enabled=_is_main_process())
+    path = experiment.compute_centers(_config(args), progress=printer.steps("class means"))
+    if _is_main_process():
+        means = ClassMeans.load(path)
+        print(f"wrote {path}: {means.num_classes} classes x {means.dim} dims")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    # `checkpoint=PATH` among the overrides is the same as --checkpoint PATH
+    picked = [o for o in args.overrides if o.startswith("checkpoint=")]
+    args.overrides = [o for o in args.overrides if not o.startswith("checkpoint=")]
+    checkpoint = picked[-1].partition("=")[2] if picked else args.checkpoint
+    result = experiment.evaluate(_config(args), checkpoint)
+    if _is_main_process():
+        print(f"test top-1 {result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%")
+    return 0
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, help="YAML run configuration")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.lr=0.05 data.root=/data",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ndkd", description="Knowledge distillation with feature norm and direction (ND)."
+    )
+    parser.add_argument("--version", action="version", version=f"ndkd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the library's INFO log")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a student (or a teacher: CE only)")
+    _add_config_arguments(train)
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir from its last checkpoint",
+    )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config and build data, models and method; no training",
+    )
+    train.set_defaults(handler=_train)
+
+    centers = commands.add_parser("centers", help="compute the teacher class means")
+    _add_config_arguments(centers)
+    centers.set_defaults(handler=_centers)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on the test split")
+    _add_config_arguments(evaluate)
+    evaluate.add_argument(
+        "--checkpoint",
+        help="weights to evaluate (also checkpoint=PATH); default: output_dir/last.pt",
+    )
+    evaluate.set_defaults(handler=_eval)
+
+    convert = commands.add_parser(
+        "convert-centers",
+        help="import a public center_emb_train.json into an ndkd class-means file",
+    )
+    convert.add_argument("json", help="path of the public JSON file")
+    convert.add_argument("output", help="safetensors file to write")
+    convert.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata to record (teacher=..., dataset=...); repeatable",
+    )
+    convert.set_defaults(handler=_convert_centers)
+
+    inspect = commands.add_parser(
+        "inspect-centers", help="validate a class-means file and show its shape and metadata"
+    )
+    inspect.add_argument("path", help="an ndkd .safetensors file or a public .json file")
+    inspect.set_defaults(handler=_inspect_centers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, TypeError, NonFiniteLossError) as error:
+        print(f"ndkd {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    """Console-script entry point: exit with :func:`main`'s status."""
+    sys.exit(main())

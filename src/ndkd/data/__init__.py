@@ -1,0 +1,37 @@
+"""Datasets (CIFAR-10/100 pickle folders, scikit-learn digits) and fast batched augmentation."""
+
+from ndkd.data.augment import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    BatchTransform,
+    CropFlipParams,
+    cifar_transform,
+    crop_flip,
+    draw_crop_flip,
+    normalize,
+)
+from ndkd.data.cifar import read_cifar
+from ndkd.data.datasets import DATASETS, ImageTensorDataset, build_dataset
+from ndkd.data.digits import read_digits
+from ndkd.data.loader import InMemoryLoader
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "DATASETS",
+    "BatchTransform",
+    "CropFlipParams",
+    "ImageTensorDataset",
+    "InMemoryLoader",
+    "build_dataset",
+    "cifar_transform",
+    "crop_flip",
+    "draw_crop_flip",
+    "normalize",
+    "read_cifar",
+    "read_digits",
+]

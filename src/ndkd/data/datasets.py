@@ -1,0 +1,77 @@
+"""In-memory image datasets and :func:`build_dataset`."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import Dataset
+
+from ndkd.data.augment import BatchTransform
+from ndkd.data.cifar import SPECS, read_cifar
+from ndkd.data.digits import NUM_CLASSES as DIGITS_CLASSES
+from ndkd.data.digits import read_digits
+
+DATASETS = ("cifar10", "cifar100", "digits")
+
+
+class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
+    """A whole dataset held as one image tensor ``[N, C, H, W]`` and one label tensor ``[N]``.
+
+    ``dataset[i]`` is ``(image, label)``: the ``[C, H, W]`` image (through ``transform`` if
+    one is set) and the label as an ``int``, so it works with ``torch.utils.data.DataLoader``.
+    :class:`ndkd.data.InMemoryLoader` applies the same ``transform`` to whole batches instead.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        num_classes: int,
+        transform: BatchTransform | None = None,
+    ):
+        if images.dim() != 4 or labels.shape != (len(images),):
+            raise ValueError(
+                f"expected images [N, C, H, W] and labels [N], got {list(images.shape)} and "
+                f"{list(labels.shape)}"
+            )
+        self.images = images
+        self.labels = labels
+        self.num_classes = num_classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    split: str = "train",
+    transform: BatchTransform | None = None,
+) -> ImageTensorDataset:
+    """Load dataset ``name`` (``"cifar10"``, ``"cifar100"`` or ``"digits"``) split ``split``.
+
+    CIFAR images are ``uint8`` ``[3, 32, 32]`` read from the standard python-pickle files
+    under ``root`` (see :mod:`ndkd.data.cifar`); digits are ``float32`` ``[1, 8, 8]`` from
+    scikit-learn (``root`` is ignored).
+
+    Raises:
+        ValueError: unknown ``name`` or ``split``, missing ``root`` for CIFAR, or bad files.
+        FileNotFoundError: CIFAR files not found under ``root``.
+    """
+    if name == "digits":
+        images, labels = read_digits(split)
+        return ImageTensorDataset(images, labels, DIGITS_CLASSES, transform)
+    if name not in SPECS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if root is None:
+        raise ValueError(f"{name} needs root: the folder holding {SPECS[name].folder}/")
+    images, labels = read_cifar(name, root, split)
+    return ImageTensorDataset(images, labels, SPECS[name].num_classes, transform)

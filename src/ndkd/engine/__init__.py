@@ -1,0 +1,36 @@
+"""The training engine: one loop for every method, checkpoints, schedules, distribution."""
+
+from ndkd.engine.checkpoint import load_checkpoint, save_checkpoint
+from ndkd.engine.distributed import DistInfo, init_distributed, read_env
+from ndkd.engine.metrics import MetricsLog, read_metrics, topk_correct
+from ndkd.engine.schedule import lr_factor
+from ndkd.engine.trainer import (
+    BEST,
+    LAST,
+    METRICS,
+    LoopSettings,
+    NonFiniteLossError,
+    Progress,
+    Trainer,
+    evaluate_model,
+)
+
+__all__ = [
+    "BEST",
+    "LAST",
+    "METRICS",
+    "DistInfo",
+    "LoopSettings",
+    "MetricsLog",
+    "NonFiniteLossError",
+    "Progress",
+    "Trainer",
+    "evaluate_model",
+    "init_distributed",
+    "load_checkpoint",
+    "lr_factor",
+    "read_env",
+    "read_metrics",
+    "save_checkpoint",
+    "topk_correct",
+]

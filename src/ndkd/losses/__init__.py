@@ -1,0 +1,23 @@
+"""Pure loss functions: tensors in, tensors out; no parameters, no state, no weights.
+
+Each function names the paper equation it implements and its reduction. Loss math runs in
+float32 (float64 inputs stay float64); bf16/fp16 inputs are promoted.
+"""
+
+from ndkd.losses.direction import cosine_direction_loss, infonce_direction_loss
+from ndkd.losses.kd import kd_loss
+from ndkd.losses.nd import nd_loss
+from ndkd.losses.norm import l2_feature_loss, sifn_loss
+from ndkd.losses.reduction import REDUCTIONS, Reduction, reduce_per_sample
+
+__all__ = [
+    "REDUCTIONS",
+    "Reduction",
+    "cosine_direction_loss",
+    "infonce_direction_loss",
+    "kd_loss",
+    "l2_feature_loss",
+    "nd_loss",
+    "reduce_per_sample",
+    "sifn_loss",
+]

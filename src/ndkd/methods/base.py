@@ -1,0 +1,64 @@
+"""What every loss term sees: the step's outputs, and at build time the probed dims."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ndkd.centers.store import ClassMeans
+from ndkd.models.output import ModelOutput
+
+
+class TermSpec(Protocol):
+    """How a term is configured (``ndkd.config.TermConfig`` is one)."""
+
+    name: str
+    weight: float
+    warmup_epochs: float
+    params: dict[str, Any]
+
+
+@dataclass
+class StepOutputs:
+    """One training step's forward results, as a term consumes them."""
+
+    student: ModelOutput
+    teacher: ModelOutput | None
+    labels: torch.Tensor
+
+
+@dataclass
+class BuildContext:
+    """Facts a term needs to size its modules, read from a dry forward pass, never from
+    model names: ``student_probe``/``teacher_probe`` are outputs for a tiny batch."""
+
+    num_classes: int
+    student_probe: ModelOutput
+    teacher_probe: ModelOutput | None = None
+    centers: ClassMeans | None = None
+    dataset_size: int = 0
+
+
+class Term(nn.Module):
+    """A loss term: ``forward(outputs)`` returns one unweighted scalar.
+
+    Subclasses declare their parameters as keyword arguments of ``__init__`` after the
+    :class:`BuildContext`; the registry rejects any other key. ``requires_teacher`` and
+    ``requires_centers`` tell the builder what must be loaded.
+    """
+
+    requires_teacher: bool = False
+    requires_centers: bool = False
+
+    def forward(self, outputs: StepOutputs) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def need_teacher(term: str, outputs: StepOutputs) -> ModelOutput:
+    """The teacher outputs, or a clear error for a term used without a teacher."""
+    if outputs.teacher is None:
+        raise ValueError(f"loss term {term!r} needs a teacher; set teacher.arch")
+    return outputs.teacher

@@ -1,0 +1,45 @@
+"""The composition: named terms, each with one weight and one warm-up schedule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ndkd.methods.base import BuildContext, StepOutputs, TermSpec
+from ndkd.methods.registry import build_term
+
+
+class Distiller(nn.Module):
+    """Turns step outputs into ``{term name: weighted loss}``; owns every term's modules.
+
+    The weight of a term at ``epoch`` (counted from 0) is
+    ``weight * min(1, epoch / warmup_epochs)`` (full weight when ``warmup_epochs`` is 0).
+    The engine sums the returned values and logs each of them.
+    """
+
+    def __init__(self, terms: list[TermSpec], context: BuildContext) -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict(
+            {term.name: build_term(term.name, context, term.params) for term in terms}
+        )
+        self.weights = {term.name: term.weight for term in terms}
+        self.warmups = {term.name: term.warmup_epochs for term in terms}
+
+    @property
+    def requires_teacher(self) -> bool:
+        return any(term.requires_teacher for term in self.terms.values())
+
+    @property
+    def requires_centers(self) -> bool:
+        return any(term.requires_centers for term in self.terms.values())
+
+    def weight_at(self, name: str, epoch: int) -> float:
+        warmup = self.warmups[name]
+        factor = 1.0 if warmup <= 0 else min(1.0, epoch / warmup)
+        return self.weights[name] * factor
+
+    def forward(self, outputs: StepOutputs, epoch: int) -> dict[str, torch.Tensor]:
+        losses = {}
+        for name, term in self.terms.items():
+            losses[name] = term(outputs) * self.weight_at(name, epoch)
+        return losses

@@ -1,0 +1,50 @@
+"""Logit terms: cross-entropy with the labels, and KD (Hinton et al., 2015)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ndkd.losses.kd import kd_loss
+from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
+from ndkd.methods.registry import register
+
+
+@register("ce")
+class CrossEntropyTerm(Term):
+    """Cross-entropy of the student logits with the labels (in fp32)."""
+
+    def __init__(self, context: BuildContext, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), found {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def forward(self, outputs: StepOutputs) -> torch.Tensor:
+        return F.cross_entropy(
+            outputs.student.logits.float(), outputs.labels, label_smoothing=self.label_smoothing
+        )
+
+
+@register("kd")
+class KDTerm(Term):
+    """KD: ``KL(softmax(t/T) || softmax(s/T)) * T^2``, batch mean."""
+
+    requires_teacher = True
+
+    def __init__(self, context: BuildContext, temperature: float = 4.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, found {temperature}")
+        teacher = context.teacher_probe
+        student = context.student_probe
+        if teacher is not None and teacher.logits.shape[1] != student.logits.shape[1]:
+            raise ValueError(
+                f"kd: the student has {student.logits.shape[1]} classes but the "
+                f"teacher has {teacher.logits.shape[1]}"
+            )
+        self.temperature = temperature
+
+    def forward(self, outputs: StepOutputs) -> torch.Tensor:
+        teacher = need_teacher("kd", outputs)
+        return kd_loss(outputs.student.logits, teacher.logits, self.temperature)

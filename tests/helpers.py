@@ -1,0 +1,40 @@
+"""Helpers shared by the engine and CLI tests (the fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+TEACHER, STUDENT = "wrn_16_2", "resnet8"  # 128-d vs 64-d embeddings: the nd projector is used
+
+
+def write_kdpp_config(
+    folder: Path, teacher: tuple[Path, Path], epochs: int = 3, batch_size: int = 64
+) -> Path:
+    """A KD++ run on digits: CE + KD (warm-up) + ND with a projector."""
+    checkpoint, centers = teacher
+    path = folder / "kdpp.yaml"
+    path.write_text(f"""
+seed: 0
+device: cpu
+output_dir: {folder / "run"}
+data: {{name: digits}}
+teacher: {{arch: {TEACHER}, checkpoint: {checkpoint}}}
+student: {{arch: {STUDENT}}}
+centers: {{path: {centers}}}
+train: {{epochs: {epochs}, batch_size: {batch_size}, lr: 0.05, milestones: [2]}}
+terms:
+  - {{name: ce, weight: 1.0}}
+  - {{name: kd, weight: 1.0, temperature: 4.0, warmup_epochs: 2}}
+  - {{name: nd, weight: 2.0}}
+""")
+    return path
+
+
+def ndkd_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ndkd", *args]
+
+
+def run_ndkd(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(ndkd_command(*args), capture_output=True, text=True, **kwargs)

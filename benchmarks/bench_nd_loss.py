@@ -4,13 +4,21 @@ The public code keeps the class means as a dict of Python lists (loaded from JSO
 each sample, builds a tensor from its class's list (a host-to-device copy on a GPU), takes
 norms, compares them in Python and accumulates the loss. A second loop variant keeps the
 means as one tensor, to show how much of the gap is the per-sample Python work alone.
+Each is timed in blocks of back-to-back calls, the blocks alternating over three rounds;
+the table keeps each one's fastest block median.
 
     python benchmarks/bench_nd_loss.py [--classes 100] [--repeats 20] [--device cpu]
+
+At D=2048 each call allocates several 4 MB buffers; with glibc's default allocator these
+may be returned to the OS and page-faulted in again, which can cost more than the arithmetic.
+``MALLOC_MMAP_THRESHOLD_=33554432`` (or jemalloc/tcmalloc) avoids that; the header line
+records the setting. On a shared VM, repeat the run: figures move by 2x between runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -41,31 +49,60 @@ def loop_tensor_centers(s, t, labels, centers):
     return total / len(labels)
 
 
-def time_step(step: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
-    """Median seconds of forward+backward over ``repeats`` runs, after two warm-ups."""
-    samples = []
-    for i in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def time_once(step: Callable[[], torch.Tensor], device: torch.device) -> float:
+    """Seconds of one forward+backward."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_blocks(
+    steps: list[Callable[[], torch.Tensor]], device: torch.device, repeats: int, rounds: int = 3
+) -> list[float]:
+    """Seconds per call of each step: blocks of ``repeats`` back-to-back calls (after two
+    warm-up calls), the steps' blocks alternating for ``rounds`` rounds; per step the
+    fastest block median, so a round slowed by other load on a shared machine drops out."""
+    best = [float("inf")] * len(steps)
+    for _ in range(rounds):
+        for index, step in enumerate(steps):
+            times = [time_once(step, device) for _ in range(repeats + 2)][2:]
+            best[index] = min(best[index], statistics.median(times))
+    return best
+
+
+def bench_case(
+    batch: int, dim: int, classes: int, device: torch.device, repeats: int
+) -> list[float]:
+    """Seconds per forward+backward: nd_loss, the JSON-list loop, the tensor loop."""
+    generator = torch.Generator().manual_seed(batch + dim)
+    s = torch.randn(batch, dim, generator=generator).to(device).requires_grad_(True)
+    t = torch.randn(batch, dim, generator=generator).to(device)
+    labels = torch.randint(0, classes, (batch,), generator=generator).to(device)
+    centers = (torch.rand(classes, dim, generator=generator) + 0.1).to(device)
+    centers_json = {str(k): row for k, row in enumerate(centers.cpu().tolist())}
+    steps = [
+        lambda: nd_loss(s, t, labels, centers),
+        lambda: loop_public_style(s, t, labels, centers_json, device),
+        lambda: loop_tensor_centers(s, t, labels, centers),
+    ]
+    return time_blocks(steps, device, repeats)
 
 
 def run(device: torch.device, classes: int, repeats: int) -> None:
+    allocator = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
     print(
         f"device {device}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
-        f"{platform.processor() or platform.machine()}; C={classes}; median of {repeats}"
+        f"{platform.processor() or platform.machine()}; C={classes}; best of 3 block medians "
+        f"({repeats} calls); MALLOC_MMAP_THRESHOLD_={allocator}"
     )
-    header = (
+    print(
         f"{'batch':>5} {'dim':>5} {'nd_loss ms':>11} {'loop(json) ms':>14} "
         f"{'ratio':>8} {'loop(tensor) ms':>16} {'ratio':>7}"
     )
-    print(header)
     for batch in (128, 512):
         for dim in (64, 2048):
             fast, slow_json, slow_tensor = bench_case(batch, dim, classes, device, repeats)
@@ -74,26 +111,6 @@ def run(device: torch.device, classes: int, repeats: int) -> None:
                 f"{slow_json / fast:>7.0f}x {slow_tensor * 1e3:>16.2f} "
                 f"{slow_tensor / fast:>6.0f}x"
             )
-
-
-def bench_case(
-    batch: int, dim: int, classes: int, device: torch.device, repeats: int
-) -> tuple[float, float, float]:
-    """Seconds per forward+backward: nd_loss, the JSON-list loop, the tensor loop."""
-    generator = torch.Generator().manual_seed(batch + dim)
-    s = torch.randn(batch, dim, generator=generator).to(device).requires_grad_(True)
-    t = torch.randn(batch, dim, generator=generator).to(device)
-    labels = torch.randint(0, classes, (batch,), generator=generator).to(device)
-    centers = (torch.rand(classes, dim, generator=generator) + 0.1).to(device)
-    centers_json = {str(k): row for k, row in enumerate(centers.cpu().tolist())}
-    loop_repeats = max(3, repeats // 4)
-    return (
-        time_step(lambda: nd_loss(s, t, labels, centers), device, repeats),
-        time_step(
-            lambda: loop_public_style(s, t, labels, centers_json, device), device, loop_repeats
-        ),
-        time_step(lambda: loop_tensor_centers(s, t, labels, centers), device, loop_repeats),
-    )
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ uninterrupted run's (CPU, same seed)."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import time
@@ -73,3 +74,11 @@ def test_eval_reproduces_the_last_epoch(tmp_path, digits_teacher):
     assert f"test top-1 {record['test_top1']:.2f}%" in result.stdout
     best = run_ndkd("eval", "-c", str(config), f"checkpoint={tmp_path / 'run' / 'best.pt'}")
     assert best.returncode == 0 and "test top-1" in best.stdout
+
+
+def test_bf16_autocast_and_channels_last_train(tmp_path, digits_teacher):
+    config = write_kdpp_config(tmp_path, digits_teacher, epochs=1)
+    result = run_ndkd("train", "-c", str(config), "train.amp=bf16", "train.channels_last=true")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert all(math.isfinite(record[k]) for k in ("loss/ce", "loss/kd", "loss/nd", "test_top1"))

@@ -1,7 +1,7 @@
 """Input validation and dtype promotion shared by the losses and the class-mean code.
 
 Checks here never synchronize with an accelerator: shape checks read metadata only, and the
-label-range check runs only for labels that live on the CPU (on an accelerator an
+label-range check runs only for labels that live on the CPU and outside torch.compile (else an
 out-of-range label still fails, through the device-side index assertion of ``gather``).
 """
 
@@ -56,7 +56,7 @@ def check_labels(labels: torch.Tensor, batch: int, num_classes: int | None) -> N
         )
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"labels must be an integer tensor, found dtype {labels.dtype}")
-    if labels.device.type == "cpu" and batch > 0:
+    if labels.device.type == "cpu" and batch > 0 and not torch.compiler.is_compiling():
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or (num_classes is not None and high >= num_classes):
             expected = "non-negative" if num_classes is None else f"in [0, {num_classes - 1}]"

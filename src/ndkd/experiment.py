@@ -29,7 +29,7 @@ from ndkd.engine import (
 )
 from ndkd.engine.checkpoint import load_checkpoint as load_run_checkpoint
 from ndkd.engine.distributed import SINGLE_PROCESS
-from ndkd.methods import BuildContext, Distiller
+from ndkd.methods import BuildContext, Distiller, FeatureSelector
 from ndkd.models import create_model, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,20 @@ def _shard(dataset: ImageTensorDataset, dist: DistInfo) -> ImageTensorDataset:
     return ImageTensorDataset(
         dataset.images[part], dataset.labels[part], dataset.num_classes, dataset.transform
     )
+
+
+def _centers_loader(config: RunConfig, train_set: ImageTensorDataset) -> InMemoryLoader:
+    """One pass over this process's share of the training set for class means, with or
+    without the training augmentation (``centers.transform``)."""
+    dist = read_env()
+    dataset = _shard(train_set, dist)
+    if config.centers.transform == "test" and train_set.transform is not None:
+        eval_transform = cifar_transform(config.data.name, train=False)
+        dataset = ImageTensorDataset(
+            dataset.images, dataset.labels, dataset.num_classes, eval_transform
+        )
+    device = resolve_device(config.device, dist) if config.data.resident else None
+    return InMemoryLoader(dataset, config.train.batch_size, seed=config.seed, device=device)
 
 
 def _model(
@@ -164,7 +178,21 @@ def build(config: RunConfig, *, join_process_group: bool = True) -> Experiment:
     with torch.no_grad():
         student_probe = student.eval()(probe_images)
         teacher_probe = teacher(probe_images) if teacher is not None else None
-    context = BuildContext(num_classes, student_probe, teacher_probe, centers, len(train_set))
+
+    def teacher_class_means(select: FeatureSelector) -> ClassMeans:
+        loader = _centers_loader(config, train_set)
+        return class_means(teacher, loader, num_classes, device, feature=select)
+
+    context = BuildContext(
+        num_classes,
+        student_probe,
+        teacher_probe,
+        centers,
+        len(train_set),
+        student=student,
+        teacher=teacher,
+        teacher_class_means=teacher_class_means if teacher is not None else None,
+    )
     if any(term.name == "nd" for term in config.terms) and centers is None:
         raise FileNotFoundError(
             f"centers.path {config.centers.path!r} not found; compute the teacher class "
@@ -173,6 +201,7 @@ def build(config: RunConfig, *, join_process_group: bool = True) -> Experiment:
     method = Distiller(config.terms, context).to(device)
     if method.requires_teacher and teacher is None:
         raise ValueError("the loss terms need a teacher: set teacher.arch (and teacher.checkpoint)")
+    train_loader.return_indices = method.requires_indices
     return Experiment(
         config, device, dist, student, teacher, method, train_loader, test_loader, len(train_set)
     )
@@ -252,8 +281,6 @@ def compute_centers(
     device = resolve_device(config.device, dist)
     init_distributed(device)
     train_set, _ = _datasets(config)
-    if config.centers.transform == "test" and train_set.transform is not None:
-        train_set.transform = cifar_transform(config.data.name, train=False)
     teacher = _model(
         config.teacher.arch,
         train_set.num_classes,
@@ -261,12 +288,7 @@ def compute_centers(
         config.teacher.checkpoint,
         "teacher",
     ).to(device)
-    loader = InMemoryLoader(
-        _shard(train_set, dist),
-        config.train.batch_size,
-        seed=config.seed,
-        device=device if config.data.resident else None,
-    )
+    loader = _centers_loader(config, train_set)
     means = class_means(
         teacher,
         loader,

@@ -12,6 +12,7 @@ from torch import nn
 from ndkd.centers.store import ClassMeans
 from ndkd.checks import check_labels
 from ndkd.models.adapter import with_embedding
+from ndkd.models.output import ModelOutput
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def class_means(
     metadata: Mapping[str, str] | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: ProgressFn | None = None,
+    feature: Callable[[ModelOutput], torch.Tensor] | None = None,
 ) -> ClassMeans:
     """Per-class mean of the teacher's embedding over ``loader`` (the paper's ``c_k``).
 
@@ -47,6 +49,8 @@ def class_means(
         autocast_dtype: run the forward under autocast in this dtype (e.g. ``torch.bfloat16``
             on a GPU); the accumulation stays in full precision.
         progress: called after each batch with ``(batches_done, total_batches or None)``.
+        feature: which feature to average, from the model's output (default: its
+            ``embedding``); e.g. a pooled intermediate stage. Must be ``[B, D]``.
 
     Raises:
         ValueError: a label outside ``[0, C)``, a class with no samples, non-finite or
@@ -73,7 +77,8 @@ def class_means(
                 with torch.autocast(
                     device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
                 ):
-                    emb = embed(images).embedding
+                    output = embed(images)
+                    emb = output.embedding if feature is None else feature(output)
                 if sums is None:
                     sums = torch.zeros(num_classes, emb.shape[1], dtype=acc_dtype, device=device)
                 sums.index_add_(0, labels, emb.to(acc_dtype))

@@ -33,6 +33,7 @@ class InMemoryLoader:
         drop_last: drop each rank's last incomplete batch.
         device: where the dataset is kept and batches are produced; default: where it is.
         seed: base seed of shuffling and augmentation.
+        return_indices: yield ``(images, labels, dataset_indices)`` (e.g. for CRD).
         rank, world_size: distributed shard. Rank ``r`` takes every ``world_size``-th sample
             of the epoch order starting at ``r``; like ``DistributedSampler`` the order is
             first padded by wrapping around so every rank gets the same number of samples.
@@ -49,6 +50,7 @@ class InMemoryLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        return_indices: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -65,6 +67,7 @@ class InMemoryLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.return_indices = return_indices
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -93,7 +96,7 @@ class InMemoryLoader:
         order = order.repeat(math.ceil(padded / total))[:padded]
         return order[self.rank :: self.world_size]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         indices = self.indices()
         params = None
         if self.transform is not None and self.transform.train:
@@ -108,4 +111,7 @@ class InMemoryLoader:
             if self.transform is not None:
                 window = None if params is None else params[start : start + self.batch_size]
                 images = self.transform(images, params=window)
-            yield images, self.labels[batch]
+            if self.return_indices:
+                yield images, self.labels[batch], batch
+            else:
+                yield images, self.labels[batch]

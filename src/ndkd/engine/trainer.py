@@ -90,9 +90,9 @@ class _StudentStep(nn.Module):
         self.student = student
         self.method = method
 
-    def forward(self, images, labels, teacher_out, epoch: int):
+    def forward(self, images, labels, teacher_out, epoch: int, indices=None):
         out = self.student(images)
-        return out, self.method(StepOutputs(out, teacher_out, labels), epoch)
+        return out, self.method(StepOutputs(out, teacher_out, labels, images, indices), epoch)
 
 
 class Trainer:
@@ -254,14 +254,15 @@ class Trainer:
         stats = torch.zeros(5, dtype=torch.float64, device=self.device)  # n, top1, top5, |s|, |t|
         lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
-        for step, (images, labels) in enumerate(self.train_loader):
+        for step, (images, labels, *extra) in enumerate(self.train_loader):
             images, labels = self._to_device(images, labels)
+            indices = extra[0].to(self.device, non_blocking=True) if extra else None
             teacher_out = None
             if self.teacher is not None:
                 with torch.no_grad(), self.autocast():
                     teacher_out = self.teacher(images)
             with self.autocast():
-                student_out, losses = self.step_module(images, labels, teacher_out, epoch)
+                student_out, losses = self.step_module(images, labels, teacher_out, epoch, indices)
             total = sum(value.float() for value in losses.values())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()

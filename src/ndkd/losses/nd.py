@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ndkd.checks import (
     check_feature_dim,
@@ -54,12 +55,50 @@ def nd_loss(
     s = promote(student_emb)
     t = promote(teacher_emb.detach()).to(s.dtype)
     c = promote(centers.detach()).to(device=s.device, dtype=s.dtype)
-
     labels = labels.to(s.device).long()
-    # s . e_y = (s . c_y) / ||c_y||: gather rows and norms, no [C, D] temporary.
-    center_norms = torch.linalg.vector_norm(c, dim=1).clamp_min(EPS)
-    projection = (s * c.index_select(0, labels)).sum(dim=1) / center_norms.index_select(0, labels)
-    denom = torch.maximum(
-        torch.linalg.vector_norm(s, dim=1), torch.linalg.vector_norm(t, dim=1)
-    ).clamp_min(EPS)
-    return reduce_per_sample(1.0 - projection / denom, labels, c.shape[0], reduction)
+    inv_center_norms = torch.linalg.vector_norm(c, dim=1).clamp_min(EPS).reciprocal()
+    per_sample = _NDPerSample.apply(
+        s,
+        c.index_select(0, labels),
+        inv_center_norms.index_select(0, labels),
+        torch.linalg.vector_norm(t, dim=1),
+    )
+    return reduce_per_sample(per_sample, labels, c.shape[0], reduction)
+
+
+class _NDPerSample(torch.autograd.Function):
+    """Per-sample ND loss with its gradient written out (one fused pass each way).
+
+    With ``d = max(||s||, ||t||)`` and ``p = s . c_y / ||c_y||``::
+
+        dl/ds = -c_y / (||c_y|| d)                       if ||s|| < ||t||   (Eq. 5)
+        dl/ds = -c_y / (||c_y|| d) + p s / ||s||^3       otherwise          (Eq. 6)
+
+    Autograd through ``torch.maximum`` and the norm costs about twice the memory traffic;
+    the tests check this gradient against ``gradcheck`` in float64.
+    """
+
+    @staticmethod
+    def forward(ctx, s, centers_y, inv_norms_y, teacher_norms):
+        projection = (s * centers_y).sum(dim=1) * inv_norms_y
+        student_norms = torch.linalg.vector_norm(s, dim=1)
+        denom = torch.maximum(student_norms, teacher_norms).clamp_min(EPS)
+        ctx.save_for_backward(
+            s, centers_y, inv_norms_y, projection, student_norms, denom, teacher_norms
+        )
+        return 1.0 - projection / denom
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        s, centers_y, inv_norms_y, projection, student_norms, denom, teacher_norms = (
+            ctx.saved_tensors
+        )
+        coef_center = -grad * inv_norms_y / denom
+        coef_student = torch.where(
+            student_norms >= teacher_norms,
+            grad * projection / (denom * student_norms.clamp_min(EPS).square()),
+            0.0,
+        )
+        grad_s = centers_y * coef_center.unsqueeze(1)
+        return grad_s.addcmul_(s, coef_student.unsqueeze(1)), None, None, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,25 +22,44 @@ class TermSpec(Protocol):
     params: dict[str, Any]
 
 
+FeatureSelector = Callable[[ModelOutput], torch.Tensor]
+
+
 @dataclass
 class StepOutputs:
-    """One training step's forward results, as a term consumes them."""
+    """One training step's forward results, as a term consumes them.
+
+    ``images`` is the student's input batch (for terms that run another model on it, e.g.
+    SIFN's earlier snapshot); ``indices`` are the samples' dataset indices when a term sets
+    ``requires_indices`` (e.g. CRD's memory bank), else ``None``.
+    """
 
     student: ModelOutput
     teacher: ModelOutput | None
     labels: torch.Tensor
+    images: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
 
 
 @dataclass
 class BuildContext:
     """Facts a term needs to size its modules, read from a dry forward pass, never from
-    model names: ``student_probe``/``teacher_probe`` are outputs for a tiny batch."""
+    model names: ``student_probe``/``teacher_probe`` are outputs for a tiny batch.
+
+    ``student``/``teacher`` are the models themselves (for terms that read their weights,
+    e.g. the teacher classifier as centers); ``teacher_class_means(select)`` computes the
+    teacher's class means of any feature ``select(output) -> [B, D]`` over the training set
+    (one teacher pass), for terms that need means of a layer other than the embedding.
+    """
 
     num_classes: int
     student_probe: ModelOutput
     teacher_probe: ModelOutput | None = None
     centers: ClassMeans | None = None
     dataset_size: int = 0
+    student: nn.Module | None = None
+    teacher: nn.Module | None = None
+    teacher_class_means: Callable[[FeatureSelector], ClassMeans] | None = None
 
 
 class Term(nn.Module):
@@ -47,11 +67,13 @@ class Term(nn.Module):
 
     Subclasses declare their parameters as keyword arguments of ``__init__`` after the
     :class:`BuildContext`; the registry rejects any other key. ``requires_teacher`` and
-    ``requires_centers`` tell the builder what must be loaded.
+    ``requires_centers`` tell the builder what must be loaded; ``requires_indices`` asks
+    the loader for dataset indices.
     """
 
     requires_teacher: bool = False
     requires_centers: bool = False
+    requires_indices: bool = False
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
         raise NotImplementedError

@@ -30,6 +30,10 @@ class Distiller(nn.Module):
         return any(term.requires_teacher for term in self.terms.values())
 
     @property
+    def requires_indices(self) -> bool:
+        return any(term.requires_indices for term in self.terms.values())
+
+    @property
     def requires_centers(self) -> bool:
         return any(term.requires_centers for term in self.terms.values())
 

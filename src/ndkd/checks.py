@@ -61,3 +61,13 @@ def check_labels(labels: torch.Tensor, batch: int, num_classes: int | None) -> N
         if low < 0 or (num_classes is not None and high >= num_classes):
             expected = "non-negative" if num_classes is None else f"in [0, {num_classes - 1}]"
             raise ValueError(f"labels must be {expected}, found values in [{low}, {high}]")
+
+
+def check_logit_pair(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> None:
+    """Require a positive temperature and student/teacher logits of one ``[B, C]`` shape."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, found {temperature}")
+    check_matrix("student_logits", student_logits)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)

@@ -5,6 +5,8 @@ float32 (float64 inputs stay float64); bf16/fp16 inputs are promoted.
 """
 
 from ndkd.losses.direction import cosine_direction_loss, infonce_direction_loss
+from ndkd.losses.dist import dist_loss
+from ndkd.losses.dkd import dkd_loss
 from ndkd.losses.kd import kd_loss
 from ndkd.losses.nd import nd_loss
 from ndkd.losses.norm import l2_feature_loss, sifn_loss
@@ -14,6 +16,8 @@ __all__ = [
     "REDUCTIONS",
     "Reduction",
     "cosine_direction_loss",
+    "dist_loss",
+    "dkd_loss",
     "infonce_direction_loss",
     "kd_loss",
     "l2_feature_loss",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ndkd.checks import check_matrix, check_same_shape, promote
+from ndkd.checks import check_logit_pair, promote
 from ndkd.losses.reduction import Reduction, reduce_per_sample
 
 
@@ -22,10 +22,7 @@ def kd_loss(
     constants. ``reduction``: ``"batch"`` (mean over the batch, the "batchmean" of the
     public code) or ``"none"`` (``[B]`` per-sample values, already scaled by ``T^2``).
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, found {temperature}")
-    check_matrix("student_logits", student_logits)
-    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    check_logit_pair(student_logits, teacher_logits, temperature)
     s = promote(student_logits)
     t = promote(teacher_logits.detach()).to(s.dtype)
     log_p_s = F.log_softmax(s / temperature, dim=1)

@@ -84,3 +84,13 @@ def need_teacher(term: str, outputs: StepOutputs) -> ModelOutput:
     if outputs.teacher is None:
         raise ValueError(f"loss term {term!r} needs a teacher; set teacher.arch")
     return outputs.teacher
+
+
+def check_same_classes(term: str, context: BuildContext) -> None:
+    """Refuse a teacher whose logits do not have the student's class count."""
+    teacher, student = context.teacher_probe, context.student_probe
+    if teacher is not None and teacher.logits.shape[1] != student.logits.shape[1]:
+        raise ValueError(
+            f"{term}: the student has {student.logits.shape[1]} classes but the teacher has "
+            f"{teacher.logits.shape[1]}"
+        )

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from ndkd.losses.kd import kd_loss
-from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
+from ndkd.methods.base import (
+    BuildContext,
+    StepOutputs,
+    Term,
+    check_same_classes,
+    need_teacher,
+)
 from ndkd.methods.registry import register
 
 
@@ -36,13 +42,7 @@ class KDTerm(Term):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, found {temperature}")
-        teacher = context.teacher_probe
-        student = context.student_probe
-        if teacher is not None and teacher.logits.shape[1] != student.logits.shape[1]:
-            raise ValueError(
-                f"kd: the student has {student.logits.shape[1]} classes but the "
-                f"teacher has {teacher.logits.shape[1]}"
-            )
+        check_same_classes("kd", context)
         self.temperature = temperature
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:

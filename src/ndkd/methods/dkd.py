@@ -1,0 +1,49 @@
+"""The DKD term: decoupled knowledge distillation (Zhao et al., CVPR 2022) on the logits."""
+
+from __future__ import annotations
+
+import torch
+
+from ndkd.losses.dkd import dkd_loss
+from ndkd.methods.base import (
+    BuildContext,
+    StepOutputs,
+    Term,
+    check_same_classes,
+    need_teacher,
+)
+from ndkd.methods.registry import register
+
+
+@register("dkd")
+class DKDTerm(Term):
+    """DKD: ``(alpha * TCKD + beta * NCKD) * T^2``, batch mean (defaults: the DKD paper's
+    CIFAR-100 setting). No trainable modules."""
+
+    requires_teacher = True
+
+    def __init__(
+        self,
+        context: BuildContext,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"dkd: temperature must be positive, found {temperature}")
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"dkd: alpha and beta must be non-negative, found {alpha}, {beta}")
+        check_same_classes("dkd", context)
+        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+
+    def forward(self, outputs: StepOutputs) -> torch.Tensor:
+        teacher = need_teacher("dkd", outputs)
+        return dkd_loss(
+            outputs.student.logits,
+            teacher.logits,
+            outputs.labels,
+            self.alpha,
+            self.beta,
+            self.temperature,
+        )

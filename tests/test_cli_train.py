@@ -74,3 +74,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     assert last["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_fast_switch_keeps_the_protocol(tmp_path, digits_teacher, capsys):
+    config = str(write_kdpp_config(tmp_path, digits_teacher, epochs=1))
+    assert main(["train", "-c", config, "--fast", "train.channels_last=false"]) == 0
+    resolved = load_config(tmp_path / "run" / "config.yaml")
+    assert resolved.data.resident is True
+    assert resolved.train.channels_last is False  # an explicit override wins over --fast
+    plain = load_config(config)
+    assert resolved.terms == plain.terms and resolved.train.epochs == plain.train.epochs
+    assert (resolved.train.lr, resolved.train.milestones) == (
+        plain.train.lr,
+        plain.train.milestones,
+    )
+    record = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert '"loss/nd"' in record and '"peak_memory_mb"' in record

@@ -225,9 +225,16 @@ def check_run_folder(config: RunConfig, resume: bool) -> Path:
 
 
 def train(
-    config: RunConfig, *, resume: bool = False, progress: Callable[[Progress], None] | None = None
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+    step_progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train as ``config`` says, writing ``config.output_dir``; returns the metrics history."""
+    """Train as ``config`` says, writing ``config.output_dir``; returns the metrics history.
+
+    ``progress`` receives epoch records, and with ``step_progress`` also a report every 20
+    steps (each one host-device sync; without it an epoch runs with no sync at all)."""
     run_dir = check_run_folder(config, resume)
     experiment = build(config)
     train_cfg = config.train
@@ -245,6 +252,7 @@ def train(
         channels_last=train_cfg.channels_last,
         compile=train_cfg.compile,
         eval_every=train_cfg.eval_every,
+        log_every=20 if step_progress else 0,
     )
     torch.manual_seed(config.seed + experiment.dist.rank)  # dropout etc. differ per process
     trainer = Trainer(

@@ -62,6 +62,8 @@ class LoopSettings:
     compile: bool = False
     eval_every: int = 1
     log_every: int = 20
+    """Report progress (and check losses for NaN/inf) every N steps: each report is one
+    host-device sync. 0: only at epoch ends (no sync inside an epoch)."""
 
 
 @dataclass
@@ -271,7 +273,8 @@ class Trainer:
             self.scheduler.step()
             self._accumulate(sums, first_bad, losses, step)
             self._accumulate_stats(stats, student_out, teacher_out, labels)
-            if self.progress is not None and ((step + 1) % self.settings.log_every == 0):
+            log_every = self.settings.log_every
+            if self.progress is not None and log_every and (step + 1) % log_every == 0:
                 self._check_finite(first_bad, epoch)
                 means = {k: float(v) / (step + 1) for k, v in sums.items()}
                 self.progress(Progress(epoch, self.settings.epochs, step + 1, steps, means))
@@ -346,7 +349,13 @@ class Trainer:
         )
         if self.teacher is not None:
             record["teacher_emb_norm"] = t_norm / n
-        record.update({"epoch_time_s": elapsed, "images_per_s": n / elapsed})
+        record.update(
+            {
+                "epoch_time_s": elapsed,
+                "images_per_s": n / elapsed,
+                "peak_memory_mb": peak_memory_mb(self.device),
+            }
+        )
         return record
 
     def evaluate(self) -> dict[str, float]:
@@ -380,6 +389,17 @@ def evaluate_model(
     if n == 0:
         raise ValueError("the test loader yielded no samples")
     return {"test_top1": 100.0 * top1 / n, "test_top5": 100.0 * top5 / n, "test_samples": int(n)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: allocated CUDA memory on a GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return math.nan
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _gather_rng() -> list[dict[str, Any]]:

@@ -71,3 +71,20 @@ def check_logit_pair(
         raise ValueError(f"temperature must be positive, found {temperature}")
     check_matrix("student_logits", student_logits)
     check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+
+
+def check_same_batch(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Require two ``[B, *]`` feature matrices over the same batch (their dims may differ)."""
+    check_matrix(name_a, a)
+    check_matrix(name_b, b)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{name_a} and {name_b} must hold the same batch, found {a.shape[0]} and "
+            f"{b.shape[0]} rows"
+        )
+
+
+def check_feature_map(name: str, x: torch.Tensor) -> None:
+    """Require a 4-D ``[B, C, H, W]`` feature map."""
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be [B, C, H, W], found shape {tuple(x.shape)}")

@@ -192,6 +192,7 @@ def build(config: RunConfig, *, join_process_group: bool = True) -> Experiment:
         student=student,
         teacher=teacher,
         teacher_class_means=teacher_class_means if teacher is not None else None,
+        probe_images=probe_images,
     )
     if any(term.name == "nd" for term in config.terms) and centers is None:
         raise FileNotFoundError(

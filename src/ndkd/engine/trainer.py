@@ -94,7 +94,10 @@ class _StudentStep(nn.Module):
 
     def forward(self, images, labels, teacher_out, epoch: int, indices=None):
         out = self.student(images)
-        return out, self.method(StepOutputs(out, teacher_out, labels, images, indices), epoch)
+        # Loss terms (and the method's own modules) run outside autocast: fp32 loss math.
+        with torch.autocast(images.device.type, enabled=False):
+            losses = self.method(StepOutputs(out, teacher_out, labels, images, indices), epoch)
+        return out, losses
 
 
 class Trainer:
@@ -141,6 +144,11 @@ class Trainer:
             teacher.eval().requires_grad_(False)
         step_module: nn.Module = _StudentStep(student, method)
         if dist_info.enabled:
+            # Method buffers (class means, hash planes, memory banks) are constant or kept in
+            # sync by their term: DDP need not broadcast them every step.
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                step_module, [f"method.{name}" for name, _ in method.named_buffers()]
+            )
             step_module = DistributedDataParallel(
                 step_module, device_ids=[device.index] if device.type == "cuda" else None
             )

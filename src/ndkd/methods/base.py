@@ -50,6 +50,7 @@ class BuildContext:
     e.g. the teacher classifier as centers); ``teacher_class_means(select)`` computes the
     teacher's class means of any feature ``select(output) -> [B, D]`` over the training set
     (one teacher pass), for terms that need means of a layer other than the embedding.
+    ``probe_images`` is the (transformed) batch the probes were computed on.
     """
 
     num_classes: int
@@ -60,6 +61,7 @@ class BuildContext:
     student: nn.Module | None = None
     teacher: nn.Module | None = None
     teacher_class_means: Callable[[FeatureSelector], ClassMeans] | None = None
+    probe_images: torch.Tensor | None = None
 
 
 class Term(nn.Module):
@@ -84,6 +86,13 @@ def need_teacher(term: str, outputs: StepOutputs) -> ModelOutput:
     if outputs.teacher is None:
         raise ValueError(f"loss term {term!r} needs a teacher; set teacher.arch")
     return outputs.teacher
+
+
+def need_teacher_probe(term: str, context: BuildContext) -> ModelOutput:
+    """The teacher's probed outputs, or a clear error for a term that sizes modules from them."""
+    if context.teacher_probe is None:
+        raise ValueError(f"loss term {term!r} needs a teacher; set teacher.arch")
+    return context.teacher_probe
 
 
 def check_same_classes(term: str, context: BuildContext) -> None:

@@ -21,6 +21,7 @@ from ndkd.engine.distributed import SINGLE_PROCESS, DistInfo, all_reduce_sum, ba
 from ndkd.engine.metrics import MetricsLog, topk_correct
 from ndkd.engine.schedule import lr_factor
 from ndkd.methods.base import StepOutputs
+from ndkd.models.output import ModelOutput
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,28 @@ class _StudentStep(nn.Module):
 
     def forward(self, images, labels, teacher_out, epoch: int, indices=None):
         out = self.student(images)
-        # Loss terms (and the method's own modules) run outside autocast: fp32 loss math.
+        # Loss terms and the method's own modules run outside autocast, in fp32.
         with torch.autocast(images.device.type, enabled=False):
-            losses = self.method(StepOutputs(out, teacher_out, labels, images, indices), epoch)
+            step = StepOutputs(_fp32(out), _fp32(teacher_out), labels, images, indices)
+            losses = self.method(step, epoch)
         return out, losses
+
+
+def _fp32(output: ModelOutput | None) -> ModelOutput | None:
+    """``output`` with its half-precision tensors (from autocast) cast to float32; other
+    tensors (float32, float64) pass through unchanged."""
+    if output is None:
+        return output
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+    return ModelOutput(
+        up(output.logits),
+        up(output.embedding),
+        [up(x) for x in output.stages],
+        [up(x) for x in output.preact_stages],
+    )
 
 
 class Trainer:

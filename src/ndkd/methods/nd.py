@@ -1,23 +1,76 @@
-"""The ND term (dino-loss, Eq. 5-7) on the penultimate embedding: "X++" is X plus this term."""
+"""The ND term (dino-loss, Eq. 5-7): "X++" is X plus this term; with the Table-5 options
+(classifier weights as centers, extra layers before the penultimate one)."""
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
+import torch
+from torch import nn
+
+from ndkd.centers.store import ClassMeans
 from ndkd.losses.reduction import Reduction
 from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
+from ndkd.methods.classifier_weights import teacher_classifier_weight
 from ndkd.methods.registry import register
+from ndkd.models.output import ModelOutput
 from ndkd.nd_module import NDLoss
+from ndkd.projector import EmbeddingProjector
+
+CenterSource = Literal["class_means", "classifier_weights"]
+
+
+def embedding_class_means(context: BuildContext, term: str) -> ClassMeans:
+    """The teacher class means of ``centers.path``, checked against the class count and the
+    teacher's probed embedding dim."""
+    if context.centers is None:
+        raise ValueError(
+            f"{term}: needs teacher class means; set centers.path "
+            "(write them with `ndkd centers -c CONFIG`)"
+        )
+    if context.teacher_probe is not None:
+        context.centers.check_compatible(
+            context.num_classes, context.teacher_probe.embedding.shape[1], "the teacher"
+        )
+    return context.centers
+
+
+def student_projector(student_dim: int, target_dim: int, dropout: float) -> nn.Module:
+    """The paper's :class:`EmbeddingProjector` from the student's dim to the teacher's when
+    they differ (as :class:`NDLoss` builds it), else the identity."""
+    if student_dim == target_dim:
+        return nn.Identity()
+    return EmbeddingProjector(student_dim, target_dim, dropout)
+
+
+def pooled_stage(output: ModelOutput, depth: int) -> torch.Tensor:
+    """The stage ``depth`` places before the last one (``stages[-1 - depth]``), global-average
+    pooled to ``[B, C]``."""
+    return output.stages[-1 - depth].mean(dim=(2, 3))
 
 
 @register("nd")
 class NDTerm(Term):
-    """ND loss against the teacher class means from ``centers.path``.
+    """ND loss on the penultimate embedding, optionally also on earlier layers.
 
-    When the student's embedding dim (probed) differs from the means' dim, the student
-    embedding passes through the BN -> Dropout -> Linear projector of the paper's code
-    (trained with the student, saved in checkpoints); the student classifier keeps the raw
-    embedding.
+    ``centers``: ``"class_means"`` (the paper's method; the file of ``centers.path``) or
+    ``"classifier_weights"`` (Table 5 "w/ weights": the rows of the teacher's final
+    ``nn.Linear`` weight, read once at build time; no centers file is used).
+
+    ``layers``: Table 5 "layer-x", the dino-loss also applied to the ``x`` layers right before
+    the penultimate one (``0``: penultimate only). The paper's public code has no layer-x
+    variant; ndkd reads a "layer" as a network stage (the ResNets' ``layer1..3``): layer ``k``
+    before the penultimate is ``stages[-1 - k]`` (``stages[-1]`` is the last stage, which the
+    embedding is computed from: pooled directly, or after a final BN-ReLU or 1x1 conv),
+    global-average pooled to a vector, for teacher and student alike. Its centers are the
+    teacher's class means of that pooled feature over the training set, computed at build
+    time in one teacher pass (with ``centers.transform``), and kept as buffers (saved in
+    checkpoints). The term is the sum of the per-layer losses, each unweighted: the term's
+    one weight applies to all of them.
+
+    Wherever the student's dim differs from the centers' dim, the student feature passes
+    through the BN -> Dropout -> Linear projector of the paper's code (trained with the
+    student, saved in checkpoints); the student classifier keeps the raw embedding.
     """
 
     requires_teacher = True
@@ -28,20 +81,62 @@ class NDTerm(Term):
         context: BuildContext,
         reduction: Reduction = "batch",
         projector_dropout: float = 0.5,
+        centers: CenterSource = "class_means",
+        layers: int = 0,
     ) -> None:
         super().__init__()
-        if context.centers is None:
+        if centers == "class_means":
+            means = embedding_class_means(context, "nd")
+        elif centers == "classifier_weights":
+            means = ClassMeans(teacher_classifier_weight(context, "nd"))
+            self.requires_centers = False
+        else:
             raise ValueError(
-                "nd: needs teacher class means; set centers.path "
-                "(write them with `ndkd centers -c CONFIG`)"
+                f"nd: centers must be 'class_means' or 'classifier_weights', found {centers!r}"
             )
-        if context.teacher_probe is not None:
-            context.centers.check_compatible(
-                context.num_classes, context.teacher_probe.embedding.shape[1], "the teacher"
-            )
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            raise ValueError(f"nd: layers must be a non-negative integer, found {layers!r}")
+        if layers and centers != "class_means":
+            raise ValueError("nd: layers > 0 needs centers: class_means (no weights per layer)")
         student_dim = context.student_probe.embedding.shape[1]
-        self.loss = NDLoss(context.centers, student_dim, reduction, projector_dropout)
+        self.loss = NDLoss(means, student_dim, reduction, projector_dropout)
+        self.layers = nn.ModuleList(
+            NDLoss(layer_means, student_dims, reduction, projector_dropout)
+            for layer_means, student_dims in _layer_centers(context, layers)
+        )
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
         teacher = need_teacher("nd", outputs)
-        return self.loss(outputs.student.embedding, teacher.embedding, outputs.labels)
+        student, labels = outputs.student, outputs.labels
+        loss = self.loss(student.embedding, teacher.embedding, labels)
+        for depth, layer_loss in enumerate(self.layers, start=1):
+            loss = loss + layer_loss(
+                pooled_stage(student, depth), pooled_stage(teacher, depth), labels
+            )
+        return loss
+
+
+def _layer_centers(context: BuildContext, layers: int) -> list[tuple[ClassMeans, int]]:
+    """For depths ``1..layers``: the teacher's class means of the pooled stage, and the
+    student's channel count there (all depths' means from one teacher pass)."""
+    if layers == 0:
+        return []
+    teacher, student = context.teacher_probe, context.student_probe
+    if teacher is None or context.teacher_class_means is None:
+        raise ValueError("nd: layers > 0 computes the teacher's class means; set teacher.arch")
+    for role, probe in (("teacher", teacher), ("student", student)):
+        if len(probe.stages) <= layers:
+            raise ValueError(
+                f"nd: layers={layers} needs {layers + 1} stage outputs, but the {role} "
+                f"returns {len(probe.stages)}"
+            )
+    depths = range(1, layers + 1)
+    means = context.teacher_class_means(
+        lambda output: torch.cat([pooled_stage(output, depth) for depth in depths], dim=1)
+    )
+    sizes = [pooled_stage(teacher, depth).shape[1] for depth in depths]
+    parts = means.means.split(sizes, dim=1)
+    return [
+        (ClassMeans(part, means.counts, means.metadata), pooled_stage(student, depth).shape[1])
+        for part, depth in zip(parts, depths)
+    ]

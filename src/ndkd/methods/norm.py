@@ -1,0 +1,131 @@
+"""Feature-norm baselines of the ND paper (Sec. 3.2, Table 4b/c) on the penultimate embedding:
+L2 to the teacher's feature (Eq. 3) and stepwise increasing feature norms, SIFN (Eq. 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ndkd.losses.norm import l2_feature_loss, sifn_loss
+from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
+from ndkd.methods.nd import student_projector
+from ndkd.methods.registry import register
+from ndkd.snapshot import ModelSnapshot
+
+L2_REDUCTIONS = ("batch", "class")
+
+
+@register("l2")
+class L2Term(Term):
+    """Eq. 3: ``||f_s - f_t||^2`` (summed over the dims) between the student's and the
+    teacher's embeddings of the same image.
+
+    When the dims differ, the student embedding passes through the paper's projector (BN ->
+    Dropout -> Linear to the teacher's dim, as the ND term; trained with the student, saved in
+    checkpoints). ``reduction``: ``"batch"`` (default) or ``"class"`` (Eq. 3 as written).
+    """
+
+    requires_teacher = True
+
+    def __init__(
+        self, context: BuildContext, reduction: str = "batch", projector_dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        if reduction not in L2_REDUCTIONS:
+            raise ValueError(f"l2: reduction must be one of {L2_REDUCTIONS}, found {reduction!r}")
+        if context.teacher_probe is None:
+            raise ValueError("l2: compares with the teacher's embedding; set teacher.arch")
+        student_dim = context.student_probe.embedding.shape[1]
+        teacher_dim = context.teacher_probe.embedding.shape[1]
+        self.projector = student_projector(student_dim, teacher_dim, projector_dropout)
+        self.reduction = reduction
+
+    def forward(self, outputs: StepOutputs) -> torch.Tensor:
+        teacher = need_teacher("l2", outputs)
+        student = self.projector(outputs.student.embedding)
+        return l2_feature_loss(student, teacher.embedding, outputs.labels, self.reduction)
+
+
+class _ResumableSnapshot(ModelSnapshot):
+    """A :class:`ModelSnapshot` whose weights and train/eval mode can be saved and restored."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self._inner.state_dict(), "training": self._inner.training}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._inner.load_state_dict(state["weights"])
+        self._inner.train(state["training"])
+
+
+@register("sifn")
+class SIFNTerm(Term):
+    """Eq. 4 (after AFN, Xu et al. 2019): ``(||f_prev(x)|| + step - ||f_cur(x)||)^2``, batch
+    mean; pushes the student's embedding norm up by about ``step`` (the paper's ``r``) per
+    refresh of the earlier model.
+
+    ``refresh_steps``: ``None`` (default) takes the earlier model as the previous iteration,
+    i.e. the current embedding detached, as AFN's reference code does (no extra forward).
+    An integer ``k`` keeps a frozen snapshot of the student (:class:`ModelSnapshot`), copied
+    from the live student at training steps ``0, k, 2k, ...`` (counted by this term: one per
+    training-mode call, i.e. per optimizer step) and run on the step's images.
+
+    Resume: the snapshot's weights, its train/eval mode and the step count are this term's
+    extra state (``state_dict``), so a resumed run continues from the very same snapshot and
+    the same refresh schedule (the checkpoint holds a second copy of the student's weights).
+    """
+
+    def __init__(
+        self, context: BuildContext, step: float = 1.0, refresh_steps: int | None = None
+    ) -> None:
+        super().__init__()
+        if step <= 0:
+            raise ValueError(f"sifn: step must be positive, found {step}")
+        self.step = step
+        self.refresh_steps = refresh_steps
+        self.steps_done = 0
+        self.snapshot: _ResumableSnapshot | None = None
+        if refresh_steps is None:
+            return
+        if (
+            isinstance(refresh_steps, bool)
+            or not isinstance(refresh_steps, int)
+            or refresh_steps < 1
+        ):
+            raise ValueError(
+                f"sifn: refresh_steps must be a positive integer or null, found {refresh_steps!r}"
+            )
+        if context.student is None:
+            raise ValueError("sifn: refresh_steps needs the student model (BuildContext.student)")
+        self.snapshot = _ResumableSnapshot(context.student)
+        # In a tuple so nn.Module does not register the live student as this term's own.
+        self._student = (context.student,)
+
+    def forward(self, outputs: StepOutputs) -> torch.Tensor:
+        return sifn_loss(outputs.student.embedding, self._previous(outputs), self.step)
+
+    @torch.compiler.disable
+    def _previous(self, outputs: StepOutputs) -> torch.Tensor | None:
+        """The earlier model's embedding of the step's images (refreshing it when due)."""
+        if self.snapshot is None:
+            return None
+        if outputs.images is None:
+            raise ValueError("sifn: refresh_steps needs the step's images (StepOutputs.images)")
+        if self.training:
+            if self.steps_done % self.refresh_steps == 0:
+                self.snapshot.refresh(self._student[0])
+            self.steps_done += 1
+        return self.snapshot.embedding(outputs.images)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"steps_done": self.steps_done}
+        if self.snapshot is not None:
+            state["snapshot"] = self.snapshot.state_dict()
+        return state
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if (self.snapshot is None) != ("snapshot" not in state):
+            raise ValueError("sifn: the checkpoint and this config disagree on refresh_steps")
+        self.steps_done = int(state["steps_done"])
+        if self.snapshot is not None:
+            self.snapshot.load_state_dict(state["snapshot"])

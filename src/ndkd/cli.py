@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -113,6 +115,57 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from ndkd.demo import QUICK, DemoSettings, results_table, run_demo, write_report  # matplotlib
+
+    settings = dataclasses.replace(
+        QUICK if args.quick else DemoSettings(), output=Path(args.output), device=args.device
+    )
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, found {args.seeds}")
+        settings = dataclasses.replace(settings, seeds=tuple(range(args.seeds)))
+    printer = ProgressPrinter()
+    result = run_demo(
+        settings,
+        phase=lambda text: print(text, flush=True),
+        progress=printer,
+        centers_progress=printer.steps("class means"),
+        step_progress=printer.bar,
+    )
+    paths = write_report(result)
+    print()
+    print(results_table(result))
+    print(f"\ndone in {result.wall_time_s:.0f} s; wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    # imported here: matplotlib is only needed by this command
+    from ndkd.analysis.recipes import group_runs
+    from ndkd.analysis.report import results_table, write_features, write_results
+    from ndkd.analysis.results import summarize
+    from ndkd.analysis.run_features import collect_run_features
+    from ndkd.analysis.runs import find_run_dirs, read_run
+
+    runs = [read_run(path) for path in find_run_dirs(args.runs)]
+    groups = group_runs(runs)
+    features = None
+    if args.features:  # everything that can be refused is checked before writing
+        ordered = [run for group in groups for run in group.runs]
+        features = collect_run_features(
+            ordered, args.device, args.data_root, announce=lambda line: print(line, flush=True)
+        )
+    written = write_results(groups, args.output)
+    if features is not None:
+        written += write_features(groups, features, args.output)
+    print(results_table([summarize(group) for group in groups]))
+    print("top-1/top-5: last epoch, mean ± std over seeds; best epoch: see results.md")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, help="YAML run configuration")
     parser.add_argument(
@@ -183,6 +236,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("path", help="an ndkd .safetensors file or a public .json file")
     inspect.set_defaults(handler=_inspect_centers)
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="results tables (mean ± std over seeds) and plots from run folders",
+        description="Group run folders by recipe and write results.md, results.csv, "
+        "runs.csv and learning_curves.png (and with --features features.md, "
+        "features.json and feature_norms.png) into the output folder.",
+    )
+    analyze.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders (config.yaml + metrics.jsonl), or folders holding them at any depth",
+    )
+    analyze.add_argument(
+        "-o", "--output", default="ndkd-analysis", help="folder to write (default: %(default)s)"
+    )
+    analyze.add_argument(
+        "--features",
+        action="store_true",
+        help="also the test-set feature norm and direction of each run's student (last.pt) "
+        "and teacher; rebuilds each run from its config.yaml",
+    )
+    analyze.add_argument(
+        "--device", default="auto", help="device for --features (default: %(default)s)"
+    )
+    analyze.add_argument(
+        "--data-root", help="data.root for --features, when the data moved since training"
+    )
+    analyze.set_defaults(handler=_analyze)
+
+    demo = commands.add_parser(
+        "demo",
+        help="teacher, class means, CE/KD/KD++ students over seeds on bundled digit pairs "
+        "(no downloads; a few minutes on a CPU); writes a table, results.json and plots",
+    )
+    demo.add_argument("--output", default="ndkd-demo", help="folder to write (default: ndkd-demo)")
+    demo.add_argument("--seeds", type=int, help="number of seeds (default: 3)")
+    demo.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, ...")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="one epoch per model and two seeds: a smoke test of the pipeline (numbers "
+        "mean nothing)",
+    )
+    demo.set_defaults(handler=_demo)
     return parser
 
 

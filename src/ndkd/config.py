@@ -24,10 +24,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: Literal["cifar10", "cifar100", "digits"] = "cifar100"
-    """Dataset: ``cifar10``/``cifar100`` (python-pickle folders) or ``digits`` (bundled)."""
+    name: Literal["cifar10", "cifar100", "digits", "digit_pairs"] = "cifar100"
+    """Dataset: ``cifar10``/``cifar100`` (python-pickle folders), or bundled with
+    scikit-learn: ``digits`` (10 classes) or ``digit_pairs`` (100 classes, noisy)."""
     root: str = "data"
-    """Folder holding ``cifar-100-python/`` (or its ``.tar.gz``); unused for ``digits``."""
+    """Folder holding ``cifar-100-python/`` (or its ``.tar.gz``); unused for the bundled ones."""
     num_workers: int = 0
     """Loader worker processes (the in-memory CIFAR loader needs none)."""
     resident: bool = False

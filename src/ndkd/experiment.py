@@ -16,7 +16,7 @@ from torch import nn
 from ndkd.centers import ClassMeans, class_means
 from ndkd.config import RunConfig, dump_config
 from ndkd.data import InMemoryLoader, build_dataset, cifar_transform
-from ndkd.data.datasets import ImageTensorDataset
+from ndkd.data.datasets import BUNDLED, ImageTensorDataset
 from ndkd.engine import (
     LAST,
     DistInfo,
@@ -72,7 +72,7 @@ def resolve_device(name: str, dist: DistInfo = SINGLE_PROCESS) -> torch.device:
 
 def _datasets(config: RunConfig) -> tuple[ImageTensorDataset, ImageTensorDataset]:
     name = config.data.name
-    if name == "digits":
+    if name in BUNDLED:
         return build_dataset(name, None, "train"), build_dataset(name, None, "test")
     root = Path(config.data.root)
     if not root.is_dir():

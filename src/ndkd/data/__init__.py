@@ -14,6 +14,7 @@ from ndkd.data.augment import (
 )
 from ndkd.data.cifar import read_cifar
 from ndkd.data.datasets import DATASETS, ImageTensorDataset, build_dataset
+from ndkd.data.digit_pairs import read_digit_pairs
 from ndkd.data.digits import read_digits
 from ndkd.data.loader import InMemoryLoader
 
@@ -33,5 +34,6 @@ __all__ = [
     "draw_crop_flip",
     "normalize",
     "read_cifar",
+    "read_digit_pairs",
     "read_digits",
 ]

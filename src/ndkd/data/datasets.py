@@ -9,10 +9,14 @@ from torch.utils.data import Dataset
 
 from ndkd.data.augment import BatchTransform
 from ndkd.data.cifar import SPECS, read_cifar
+from ndkd.data.digit_pairs import NUM_CLASSES as PAIRS_CLASSES
+from ndkd.data.digit_pairs import read_digit_pairs
 from ndkd.data.digits import NUM_CLASSES as DIGITS_CLASSES
 from ndkd.data.digits import read_digits
 
-DATASETS = ("cifar10", "cifar100", "digits")
+DATASETS = ("cifar10", "cifar100", "digits", "digit_pairs")
+BUNDLED = ("digits", "digit_pairs")
+"""Datasets built from data shipped with a dependency (scikit-learn): no ``root``."""
 
 
 class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -56,11 +60,12 @@ def build_dataset(
     split: str = "train",
     transform: BatchTransform | None = None,
 ) -> ImageTensorDataset:
-    """Load dataset ``name`` (``"cifar10"``, ``"cifar100"`` or ``"digits"``) split ``split``.
+    """Load dataset ``name`` (one of :data:`DATASETS`) split ``split``.
 
     CIFAR images are ``uint8`` ``[3, 32, 32]`` read from the standard python-pickle files
     under ``root`` (see :mod:`ndkd.data.cifar`); digits are ``float32`` ``[1, 8, 8]`` from
-    scikit-learn (``root`` is ignored).
+    scikit-learn, digit pairs ``float32`` ``[1, 8, 16]`` made from them
+    (:mod:`ndkd.data.digit_pairs`); ``root`` is ignored for both.
 
     Raises:
         ValueError: unknown ``name`` or ``split``, missing ``root`` for CIFAR, or bad files.
@@ -69,6 +74,9 @@ def build_dataset(
     if name == "digits":
         images, labels = read_digits(split)
         return ImageTensorDataset(images, labels, DIGITS_CLASSES, transform)
+    if name == "digit_pairs":
+        images, labels = read_digit_pairs(split)
+        return ImageTensorDataset(images, labels, PAIRS_CLASSES, transform)
     if name not in SPECS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     if root is None:

@@ -1,0 +1,1 @@
+"""Feature norm/direction statistics, result tables over seeds, and plots."""

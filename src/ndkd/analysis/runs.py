@@ -1,0 +1,165 @@
+"""Reading training run folders: ``config.yaml`` (the resolved config) and ``metrics.jsonl``
+(one JSON object per completed epoch), as ``ndkd train`` writes them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ndkd.config import ConfigError, RunConfig, load_config
+from ndkd.engine import METRICS
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.yaml"
+NUMERIC_KEYS = ("test_top1", "test_top5", "train_top1", "loss", "student_emb_norm")
+"""Metrics the analysis reads; when present in a record they must be numbers."""
+
+
+class RunReadError(ValueError):
+    """A run folder lacks a file or holds one that cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder: its resolved config and its per-epoch records (at least one)."""
+
+    path: Path
+    config: RunConfig
+    history: list[dict[str, Any]]
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def epochs_completed(self) -> int:
+        return int(self.history[-1]["epoch"])
+
+    @property
+    def epochs_planned(self) -> int:
+        return self.config.train.epochs
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run trained every epoch its config asks for."""
+        return self.epochs_completed >= self.epochs_planned
+
+    def last(self, key: str) -> float | None:
+        """``key`` in the last epoch's record (``None`` when that epoch did not log it)."""
+        return self.history[-1].get(key)
+
+    def best(self, key: str = "test_top1") -> tuple[float, int] | None:
+        """Highest ``key`` over the epochs that logged it, and its epoch (the earliest on a tie)."""
+        logged = [(r[key], r["epoch"]) for r in self.history if r.get(key) is not None]
+        if not logged:
+            return None
+        value = max(v for v, _ in logged)
+        return value, min(e for v, e in logged if v == value)
+
+    def series(self, key: str) -> dict[int, float]:
+        """``{epoch: value}`` over the epochs that logged ``key``."""
+        return {r["epoch"]: r[key] for r in self.history if r.get(key) is not None}
+
+
+def find_run_dirs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Run folders among ``paths``: a folder holding ``config.yaml`` or ``metrics.jsonl`` is a
+    run; any other folder stands for the run folders found below it. Order kept, no repeats.
+
+    Raises:
+        RunReadError: a path is not a folder, or holds no run folder at any depth.
+    """
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise RunReadError(
+                f"{path}: not a folder; expected a run folder holding {CONFIG} and {METRICS}"
+            )
+        if _is_run(path):
+            found.setdefault(path, None)
+            continue
+        below = sorted({hit.parent for name in (CONFIG, METRICS) for hit in path.rglob(name)})
+        if not below:
+            raise RunReadError(
+                f"{path}: no run folder here or below (a run folder holds {CONFIG} and {METRICS})"
+            )
+        for run_dir in below:
+            found.setdefault(run_dir, None)
+    return list(found)
+
+
+def _is_run(path: Path) -> bool:
+    return (path / CONFIG).is_file() or (path / METRICS).is_file()
+
+
+def read_run(path: str | os.PathLike[str]) -> Run:
+    """Read and check one run folder.
+
+    Raises:
+        RunReadError: ``config.yaml`` or ``metrics.jsonl`` is missing or unreadable, a line of
+            ``metrics.jsonl`` is not a JSON object with an integer ``epoch``, epochs are not
+            increasing, or no epoch was recorded.
+    """
+    path = Path(path)
+    config_path, metrics_path = path / CONFIG, path / METRICS
+    if not config_path.is_file():
+        raise RunReadError(
+            f"{config_path}: missing; expected the run's resolved config (ndkd train writes it)"
+        )
+    if not metrics_path.is_file():
+        raise RunReadError(
+            f"{metrics_path}: missing; expected one JSON object per completed epoch "
+            "(ndkd train writes it)"
+        )
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        text = str(error)
+        raise RunReadError(
+            text if text.startswith(str(config_path)) else f"{config_path}: {text}"
+        ) from error
+    return Run(path, config, _read_history(metrics_path))
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    history: list[dict[str, Any]] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RunReadError(
+                f"{where}: not valid JSON ({error.msg}); expected one JSON object per epoch"
+            ) from error
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+            raise RunReadError(f"{where}: expected a JSON object with a positive integer 'epoch'")
+        for key in NUMERIC_KEYS:
+            value = record.get(key)
+            if value is not None and not _is_number(value):
+                raise RunReadError(f"{where}: {key!r} should be a finite number, found {value!r}")
+        if history and epoch <= history[-1]["epoch"]:
+            raise RunReadError(
+                f"{where}: epoch {epoch} after epoch {history[-1]['epoch']}; expected "
+                "increasing epochs"
+            )
+        history.append(record)
+    if not history:
+        raise RunReadError(
+            f"{path}: no epoch recorded; expected one JSON object per completed epoch "
+            "(the run has not finished its first epoch)"
+        )
+    log.debug("read %s: %d epochs", path, len(history))
+    return history
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

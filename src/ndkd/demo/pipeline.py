@@ -1,0 +1,193 @@
+"""``ndkd demo``: a teacher, its class means, then CE, KD and KD++ students over seeds, all
+on the bundled ``digit_pairs`` data, through the same code as ``ndkd train`` / ``centers``.
+
+Every run is an ordinary run folder made from an ordinary config (``config.yaml``,
+``metrics.jsonl``, ``last.pt``): ``ndkd train -c RUN/config.yaml`` repeats it. Every student
+run of one seed starts from the same initial weights and sees the same batches; only the
+loss terms differ. Teacher (resnet20) and student (resnet8) both have 64-d embeddings, so
+the ND term needs no projector and the cosine between a student embedding and the teacher's
+class mean is direct.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ndkd import experiment
+from ndkd.analysis.features import FeatureStats, collect_embeddings, feature_stats
+from ndkd.centers import ClassMeans
+from ndkd.config import RunConfig, from_dict
+from ndkd.engine import LAST, Progress
+from ndkd.engine.checkpoint import load_checkpoint as load_run_checkpoint
+from ndkd.models import create_model, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+DATASET = "digit_pairs"
+CE = {"name": "ce", "weight": 1.0}
+KD = {"name": "kd", "weight": 1.0, "temperature": 4.0}
+ND = {"name": "nd", "weight": 2.0}
+METHODS: dict[str, list[dict[str, Any]]] = {"ce": [CE], "kd": [CE, KD], "kd++": [CE, KD, ND]}
+"""Student loss terms per method (the weights of the paper's resnet56 -> resnet20 pair)."""
+LABELS = {"ce": "CE", "kd": "KD", "kd++": "KD++"}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo trains; the defaults take a few minutes on a 2-core CPU."""
+
+    output: Path = Path("ndkd-demo")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    teacher: str = "resnet20"
+    student: str = "resnet8"
+    teacher_epochs: int = 15
+    student_epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    device: str = "auto"
+
+
+QUICK = DemoSettings(seeds=(0, 1), teacher_epochs=1, student_epochs=1)
+"""A short run of the whole pipeline (for tests; its numbers mean nothing)."""
+
+
+@dataclass
+class ModelResult:
+    """One trained model: last-epoch test top-1 and its test-set feature statistics."""
+
+    seed: int
+    accuracy: float
+    stats: FeatureStats
+    embeddings: tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class DemoResult:
+    settings: DemoSettings
+    teacher: ModelResult
+    students: dict[str, list[ModelResult]]
+    wall_time_s: float
+
+
+def run_demo(
+    settings: DemoSettings,
+    phase: Callable[[str], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    centers_progress: Callable[[int, int | None], None] | None = None,
+    step_progress: bool = False,
+) -> DemoResult:
+    """Train and evaluate everything; run folders go to ``settings.output / "runs"``.
+
+    ``phase`` receives one line per step of the plan, ``progress`` the trainer's reports
+    (every epoch, and within epochs when ``step_progress``), ``centers_progress`` the class
+    means pass's batches.
+
+    Raises:
+        experiment.RunFolderError: ``settings.output`` already holds demo runs.
+    """
+    start = time.perf_counter()
+    _check_embedding_dims(settings)
+    runs = settings.output / "runs"
+    if runs.exists() and any(runs.iterdir()):
+        raise experiment.RunFolderError(
+            f"{str(runs)!r} already holds demo runs; choose another --output or remove it"
+        )
+    announce = phase or (lambda text: None)
+    steps = 2 + len(METHODS) * len(settings.seeds)
+
+    teacher_config = _config(settings, runs / "teacher", 0, settings.teacher, [CE])
+    announce(f"[1/{steps}] teacher {settings.teacher}: CE, {settings.teacher_epochs} epochs")
+    history = experiment.train(teacher_config, progress=progress, step_progress=step_progress)
+    teacher_result = _evaluate(teacher_config, 0, history[-1]["test_top1"], None)
+
+    teacher = (settings.teacher, runs / "teacher" / LAST)
+    centers_path = runs / "teacher" / "centers.safetensors"
+    announce(f"[2/{steps}] teacher class means over the training set")
+    experiment.compute_centers(
+        _config(settings, runs / "teacher", 0, settings.teacher, [CE], teacher, centers_path),
+        progress=centers_progress,
+    )
+    centers = ClassMeans.load(centers_path)
+    teacher_result.stats = feature_stats(*teacher_result.embeddings, centers.means)
+
+    students: dict[str, list[ModelResult]] = {name: [] for name in METHODS}
+    step = 2
+    for seed in settings.seeds:
+        for name, terms in METHODS.items():
+            step += 1
+            announce(f"[{step}/{steps}] student {settings.student} {LABELS[name]}, seed {seed}")
+            config = _config(
+                settings,
+                runs / name / f"seed{seed}",
+                seed,
+                settings.student,
+                terms,
+                teacher,
+                centers_path,
+            )
+            history = experiment.train(config, progress=progress, step_progress=step_progress)
+            students[name].append(_evaluate(config, seed, history[-1]["test_top1"], centers))
+    return DemoResult(settings, teacher_result, students, time.perf_counter() - start)
+
+
+def _config(
+    settings: DemoSettings,
+    output_dir: Path,
+    seed: int,
+    arch: str,
+    terms: list[dict[str, Any]],
+    teacher: tuple[str, Path] | None = None,
+    centers: Path | None = None,
+) -> RunConfig:
+    """The run's config, validated like any user's (``ndkd.config.from_dict``)."""
+    epochs = settings.student_epochs if teacher else settings.teacher_epochs
+    return from_dict(
+        {
+            "seed": seed,
+            "device": settings.device,
+            "output_dir": str(output_dir),
+            "data": {"name": DATASET},
+            "teacher": {"arch": teacher[0], "checkpoint": str(teacher[1])} if teacher else {},
+            "student": {"arch": arch},
+            "centers": {"path": str(centers)} if centers else {},
+            "train": {
+                "epochs": epochs,
+                "batch_size": settings.batch_size,
+                "lr": settings.lr,
+                "schedule": "cosine",
+                "milestones": [],
+            },
+            "terms": terms,
+        }
+    )
+
+
+def _evaluate(
+    config: RunConfig, seed: int, accuracy: float, centers: ClassMeans | None
+) -> ModelResult:
+    """The run's test-set embeddings (from its ``last.pt``) and their statistics."""
+    built = experiment.build(config, join_process_group=False)
+    load_checkpoint(built.student, load_run_checkpoint(Path(config.output_dir) / LAST))
+    features, labels = collect_embeddings(built.student, built.test_loader, built.device)
+    stats = feature_stats(features, labels, None if centers is None else centers.means)
+    return ModelResult(seed, accuracy, stats, (features, labels))
+
+
+def _check_embedding_dims(settings: DemoSettings) -> None:
+    dims = {
+        role: create_model(arch, 10, in_channels=1).embedding_dim
+        for role, arch in (("teacher", settings.teacher), ("student", settings.student))
+    }
+    if dims["teacher"] != dims["student"]:
+        raise ValueError(
+            f"the demo compares student embeddings with the teacher's class means directly: "
+            f"teacher {settings.teacher} ({dims['teacher']}-d) and student {settings.student} "
+            f"({dims['student']}-d) need the same embedding dim"
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +89,8 @@ def run_features(
             "(ndkd train writes it)"
         )
     config = _local_config(run.config, device, data_root)
-    built = experiment.build(config, join_process_group=False)
-    load_checkpoint(built.student, load_run_checkpoint(checkpoint))
+    features, labels, built = trained_student_embeddings(config, checkpoint)
     means = _class_means(config)
-    features, labels = collect_embeddings(built.student, built.test_loader, built.device)
     student = feature_stats(features, labels, means)
     if student.cosines is None and means is not None:
         log.info(
@@ -120,6 +119,17 @@ def run_features(
             )
         teacher = cache[key]
     return RunFeatures(run, student, teacher)
+
+
+def trained_student_embeddings(
+    config: RunConfig, checkpoint: str | os.PathLike[str]
+) -> tuple[torch.Tensor, torch.Tensor, experiment.Experiment]:
+    """Test-set embeddings and labels of ``config``'s student with the weights of
+    ``checkpoint`` (a run's ``last.pt``), and the run as :func:`ndkd.experiment.build` made it."""
+    built = experiment.build(config, join_process_group=False)
+    load_checkpoint(built.student, load_run_checkpoint(checkpoint))
+    features, labels = collect_embeddings(built.student, built.test_loader, built.device)
+    return features, labels, built
 
 
 def _local_config(config: RunConfig, device: str, data_root: str | None) -> RunConfig:

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from ndkd import experiment
-from ndkd.analysis.features import FeatureStats, collect_embeddings, feature_stats
+from ndkd.analysis.features import FeatureStats, feature_stats
+from ndkd.analysis.run_features import trained_student_embeddings
 from ndkd.centers import ClassMeans
 from ndkd.config import RunConfig, from_dict
 from ndkd.engine import LAST, Progress
-from ndkd.engine.checkpoint import load_checkpoint as load_run_checkpoint
-from ndkd.models import create_model, load_checkpoint
+from ndkd.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,7 @@ def _evaluate(
     config: RunConfig, seed: int, accuracy: float, centers: ClassMeans | None
 ) -> ModelResult:
     """The run's test-set embeddings (from its ``last.pt``) and their statistics."""
-    built = experiment.build(config, join_process_group=False)
-    load_checkpoint(built.student, load_run_checkpoint(Path(config.output_dir) / LAST))
-    features, labels = collect_embeddings(built.student, built.test_loader, built.device)
+    features, labels, _ = trained_student_embeddings(config, Path(config.output_dir) / LAST)
     stats = feature_stats(features, labels, None if centers is None else centers.means)
     return ModelResult(seed, accuracy, stats, (features, labels))
 

@@ -6,7 +6,8 @@ batch 64, on the same CIFAR-shaped uint8 images:
   RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor + Normalize, a `DataLoader` with
   worker processes, `.to(device)` per batch, the losses, `optimizer.step()`;
 - ndkd: `ndkd.engine.Trainer` with `InMemoryLoader` (batched tensor augmentation), the
-  `Distiller` of the `ce` + `kd` terms, channels_last, no per-step host syncs.
+  `Distiller` of the `ce` + `kd` terms, channels_last, no per-step host syncs, the
+  teacher's BatchNorms folded into its convolutions (as `ndkd train` does).
 Steps are timed after warm-up (one step for the plain loop, one epoch of the same length
 for ndkd); the two loops alternate.
 

@@ -21,6 +21,7 @@ from ndkd.engine.distributed import SINGLE_PROCESS, DistInfo, all_reduce_sum, ba
 from ndkd.engine.metrics import MetricsLog, topk_correct
 from ndkd.engine.schedule import lr_factor
 from ndkd.methods.base import StepOutputs
+from ndkd.models.fold import fold_batchnorm
 from ndkd.models.output import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,9 @@ class Trainer:
 
     Args:
         student: an ndkd model (returns ``ModelOutput``), on ``device``.
-        teacher: frozen teacher or ``None``; kept in eval mode, never wrapped in DDP.
+        teacher: frozen teacher or ``None``; kept in eval mode, never wrapped in DDP. Each
+            step runs :func:`ndkd.models.fold.fold_batchnorm`'s copy of it (the same outputs,
+            one pass over the activations less per folded BatchNorm).
         method: the loss composition; its parameters are trained with the student.
         train_loader / test_loader: batches of ``(images, labels)``; the test loader
             covers this process's share of the test set exactly once.
@@ -159,8 +162,13 @@ class Trainer:
             student.to(memory_format=self.memory_format)
             if teacher is not None:
                 teacher.to(memory_format=self.memory_format)
+        self.teacher_forward: nn.Module | None = None
         if teacher is not None:
             teacher.eval().requires_grad_(False)
+            # Built after the method, which may read the teacher's BatchNorms (OFD margins).
+            self.teacher_forward = fold_batchnorm(teacher)
+            if self.memory_format is not None:
+                self.teacher_forward.to(memory_format=self.memory_format)
         step_module: nn.Module = _StudentStep(student, method)
         if dist_info.enabled:
             # Method buffers (class means, hash planes, memory banks) are constant or kept in
@@ -287,9 +295,9 @@ class Trainer:
             images, labels = self._to_device(images, labels)
             indices = extra[0].to(self.device, non_blocking=True) if extra else None
             teacher_out = None
-            if self.teacher is not None:
+            if self.teacher_forward is not None:
                 with torch.no_grad(), self.autocast():
-                    teacher_out = self.teacher(images)
+                    teacher_out = self.teacher_forward(images)
             with self.autocast():
                 student_out, losses = self.step_module(images, labels, teacher_out, epoch, indices)
             total = sum(value.float() for value in losses.values())

@@ -105,7 +105,6 @@ def run_demo(
     teacher_config = _config(settings, runs / "teacher", 0, settings.teacher, [CE])
     announce(f"[1/{steps}] teacher {settings.teacher}: CE, {settings.teacher_epochs} epochs")
     history = experiment.train(teacher_config, progress=progress, step_progress=step_progress)
-    teacher_result = _evaluate(teacher_config, 0, history[-1]["test_top1"], None)
 
     teacher = (settings.teacher, runs / "teacher" / LAST)
     centers_path = runs / "teacher" / "centers.safetensors"
@@ -115,7 +114,7 @@ def run_demo(
         progress=centers_progress,
     )
     centers = ClassMeans.load(centers_path)
-    teacher_result.stats = feature_stats(*teacher_result.embeddings, centers.means)
+    teacher_result = _evaluate(teacher_config, 0, history[-1]["test_top1"], centers)
 
     students: dict[str, list[ModelResult]] = {name: [] for name in METHODS}
     step = 2
@@ -169,12 +168,10 @@ def _config(
     )
 
 
-def _evaluate(
-    config: RunConfig, seed: int, accuracy: float, centers: ClassMeans | None
-) -> ModelResult:
+def _evaluate(config: RunConfig, seed: int, accuracy: float, centers: ClassMeans) -> ModelResult:
     """The run's test-set embeddings (from its ``last.pt``) and their statistics."""
     features, labels, _ = trained_student_embeddings(config, Path(config.output_dir) / LAST)
-    stats = feature_stats(features, labels, None if centers is None else centers.means)
+    stats = feature_stats(features, labels, centers.means)
     return ModelResult(seed, accuracy, stats, (features, labels))
 
 

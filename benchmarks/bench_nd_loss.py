@@ -1,13 +1,17 @@
-"""nd_loss forward+backward vs a per-sample loop like the public ND code, side by side.
+"""nd_loss forward+backward vs a per-sample loop like the public ND code, side by side; and
+nd_loss's per-row gradient through plain autograd vs a hand-written fused backward.
 
 The public code keeps the class means as a dict of Python lists (loaded from JSON) and, for
 each sample, builds a tensor from its class's list (a host-to-device copy on a GPU), takes
 norms, compares them in Python and accumulates the loss. A second loop variant keeps the
 means as one tensor, to show how much of the gap is the per-sample Python work alone.
+The gradient-path table runs the same ``nd_loss`` call (same inputs) with its per-row step
+swapped: plain autograd, or a ``torch.autograd.Function`` with the gradient written out.
 Each is timed in blocks of back-to-back calls, the blocks alternating over three rounds;
 the table keeps each one's fastest block median.
 
     python benchmarks/bench_nd_loss.py [--classes 100] [--repeats 20] [--device cpu]
+        [--compare both|loops|gradient]
 
 At D=2048 each call allocates several 4 MB buffers; with glibc's default allocator these
 may be returned to the OS and page-faulted in again, which can cost more than the arithmetic.
@@ -26,7 +30,13 @@ from collections.abc import Callable
 
 import torch
 
+import ndkd.losses.nd as nd_module
 from ndkd import nd_loss
+
+GRADIENT_PATHS = {
+    "autograd": nd_module._per_sample_autograd,
+    "fused": nd_module._NDPerSample.apply,
+}
 
 
 def loop_public_style(s, t, labels, centers_json, device):
@@ -74,15 +84,23 @@ def time_blocks(
     return best
 
 
-def bench_case(
-    batch: int, dim: int, classes: int, device: torch.device, repeats: int
-) -> list[float]:
-    """Seconds per forward+backward: nd_loss, the JSON-list loop, the tensor loop."""
+def make_inputs(
+    batch: int, dim: int, classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Student (requires grad), teacher, labels and class means of one case."""
     generator = torch.Generator().manual_seed(batch + dim)
     s = torch.randn(batch, dim, generator=generator).to(device).requires_grad_(True)
     t = torch.randn(batch, dim, generator=generator).to(device)
     labels = torch.randint(0, classes, (batch,), generator=generator).to(device)
     centers = (torch.rand(classes, dim, generator=generator) + 0.1).to(device)
+    return s, t, labels, centers
+
+
+def bench_case(
+    batch: int, dim: int, classes: int, device: torch.device, repeats: int
+) -> list[float]:
+    """Seconds per forward+backward: nd_loss, the JSON-list loop, the tensor loop."""
+    s, t, labels, centers = make_inputs(batch, dim, classes, device)
     centers_json = {str(k): row for k, row in enumerate(centers.cpu().tolist())}
     steps = [
         lambda: nd_loss(s, t, labels, centers),
@@ -92,13 +110,36 @@ def bench_case(
     return time_blocks(steps, device, repeats)
 
 
-def run(device: torch.device, classes: int, repeats: int) -> None:
-    allocator = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
-    print(
-        f"device {device}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
-        f"{platform.processor() or platform.machine()}; C={classes}; best of 3 block medians "
-        f"({repeats} calls); MALLOC_MMAP_THRESHOLD_={allocator}"
-    )
+def bench_gradient_paths(
+    batch: int, dim: int, classes: int, device: torch.device, repeats: int
+) -> list[float]:
+    """Seconds per nd_loss forward+backward with each of ``GRADIENT_PATHS`` as its per-row
+    step (swapped by a plain attribute assignment, so no patching cost is timed)."""
+    inputs = make_inputs(batch, dim, classes, device)
+
+    def step(path: str) -> torch.Tensor:
+        nd_module._per_sample = GRADIENT_PATHS[path]
+        return nd_loss(*inputs)
+
+    original = nd_module._per_sample
+    try:
+        return time_blocks([lambda p=path: step(p) for path in GRADIENT_PATHS], device, repeats)
+    finally:
+        nd_module._per_sample = original
+
+
+def run_gradient_paths(device: torch.device, classes: int, repeats: int) -> None:
+    print(f"{'batch':>5} {'dim':>5} {'autograd ms':>12} {'fused ms':>9} {'autograd/fused':>15}")
+    for batch in (128, 512):
+        for dim in (64, 2048):
+            autograd, fused = bench_gradient_paths(batch, dim, classes, device, repeats)
+            print(
+                f"{batch:>5} {dim:>5} {autograd * 1e3:>12.3f} {fused * 1e3:>9.3f} "
+                f"{autograd / fused:>14.2f}x"
+            )
+
+
+def run_loops(device: torch.device, classes: int, repeats: int) -> None:
     print(
         f"{'batch':>5} {'dim':>5} {'nd_loss ms':>11} {'loop(json) ms':>14} "
         f"{'ratio':>8} {'loop(tensor) ms':>16} {'ratio':>7}"
@@ -118,8 +159,19 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compare", choices=("both", "loops", "gradient"), default="both")
     args = parser.parse_args()
-    run(torch.device(args.device), args.classes, args.repeats)
+    device = torch.device(args.device)
+    allocator = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
+    print(
+        f"device {device}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
+        f"{platform.processor() or platform.machine()}; C={args.classes}; best of 3 block "
+        f"medians ({args.repeats} calls); MALLOC_MMAP_THRESHOLD_={allocator}"
+    )
+    if args.compare in ("both", "loops"):
+        run_loops(device, args.classes, args.repeats)
+    if args.compare in ("both", "gradient"):
+        run_gradient_paths(device, args.classes, args.repeats)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from common import cifar_like, describe_machine, synchronize
 from ndkd import kd_loss
-from ndkd.config import TermConfig
+from ndkd.config import TermConfig, TrainConfig
 from ndkd.data import CIFAR100_MEAN, CIFAR100_STD, InMemoryLoader, cifar_transform
 from ndkd.data.datasets import ImageTensorDataset
-from ndkd.engine import LoopSettings, Trainer
+from ndkd.engine import Trainer
 from ndkd.methods import BuildContext, Distiller
 from ndkd.models import create_model
+from ndkd.tasks import ClassificationTask
 
 BATCH = 64
 
@@ -113,9 +114,10 @@ def ndkd_loop(images, labels, device, steps: int) -> float:
         probe = transform(dataset.images[:2].to(device))
         context = BuildContext(100, student.eval()(probe), teacher(probe))
     terms = [TermConfig("ce", 1.0), TermConfig("kd", 1.0, 0, {"temperature": 4.0})]
-    settings = LoopSettings(epochs=2, lr=0.05, channels_last=True, log_every=0, eval_every=2)
+    settings = TrainConfig(epochs=2, lr=0.05, channels_last=True, eval_every=2)
     with tempfile.TemporaryDirectory() as run_dir:
         history = Trainer(
+            task=ClassificationTask(),
             student=student,
             teacher=teacher,
             method=Distiller(terms, context),
@@ -126,6 +128,7 @@ def ndkd_loop(images, labels, device, steps: int) -> float:
             settings=settings,
             run_dir=run_dir,
             device=device,
+            progress_every=0,
         ).fit()
     return history[-1]["images_per_s"]
 

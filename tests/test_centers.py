@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import ndkd.centers.store as store
 from ndkd import ClassMeans, class_means, load_official_json
+from ndkd.centers import convert_centers
+from ndkd.progress import Progress
 
 
 def toy_teacher(in_dim=12, hidden=6, classes=3):
@@ -76,9 +79,12 @@ def test_progress_callback_and_metadata():
         DataLoader(TensorDataset(*toy_data()), batch_size=10),
         3,
         metadata={"teacher": "toy", "split": "train"},
-        progress=lambda done, total: calls.append((done, total)),
+        progress=calls.append,
     )
-    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert calls == [Progress(phase="centers", done=k, total=4) for k in (1, 2, 3, 4)]
+    unsized = []
+    class_means(toy_teacher(), iter([toy_data()]), 3, progress=unsized.append)
+    assert unsized == [Progress(phase="centers", done=1, total=None)]
     assert got.metadata["teacher"] == "toy"
 
 
@@ -177,16 +183,110 @@ def test_official_json_import(tmp_path):
     ("payload", "message"),
     [
         ('{"0": [1.0, 2.0], "2": [1.0, 1.0]}', r"missing \[1\], unexpected \[2\]"),
-        ('{"0": [1.0, 2.0], "1": [1.0]}', "same positive number"),
-        ('{"0": [1.0, NaN], "1": [1.0, 1.0]}', "non-finite"),
-        ('{"a": [1.0]}', "class indices"),
+        ('{"0": [1.0, 2.0], "1": [1.0]}', "key '1' lists 1 numbers but key '0' lists 2"),
+        ('{"0": [1.0, NaN], "1": [1.0, 1.0]}', "key '0', value 1 is NaN; expected a finite"),
+        ('{"0": [1.0, 1.0], "1": [-Infinity, 1.0]}', "key '1', value 0 is -Infinity"),
+        ('{"0": [1.0, 1e999]}', "key '0', value 1 is Infinity; expected a finite"),
+        ('{"0": [1.0, true], "1": [1.0, 1.0]}', "key '0', value 1 is true; expected a number"),
+        ('{"0": [1.0, 1.0], "1": [false, 1.0]}', "key '1', value 0 is false; expected a number"),
+        ('{"0": [1.0, "x"]}', "key '0', value 1 is \"x\"; expected a number"),
+        ('{"0": [1.0, null]}', "key '0', value 1 is null; expected a number"),
+        ('{"0": [1.0, [2.0]]}', "key '0', value 1 is \\[2.0\\]; expected a number"),
+        ('{"0": [1.0], "1": 2.0}', "key '1' must map to a list of numbers, found float"),
+        ('{"0": [1.0], "1": []}', "key '1' must map to a list of numbers, found an empty list"),
+        ('{"0": [1.0], "0": [2.0]}', "key '0' appears more than once"),
+        ('{"0": [1.0], "01": [2.0]}', "key '01' is not a class index"),
+        ('{"a": [1.0]}', "key 'a' is not a class index"),
+        ('{"-1": [1.0]}', "key '-1' is not a class index"),
         ("[1, 2]", "non-empty JSON object"),
-        ('{"0": [1.0, "x"]}', "lists of numbers"),
+        ("{}", "non-empty JSON object.*found an empty object"),
         ("{not json", "not valid JSON"),
+        ("", "not valid JSON"),
     ],
 )
 def test_official_json_refusals(tmp_path, payload, message):
     path = tmp_path / "center_emb_train.json"
     path.write_text(payload)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as error:
         load_official_json(path)
+    assert str(error.value).startswith(str(path))
+
+
+def test_official_json_refuses_binary_and_folders(tmp_path):
+    path = tmp_path / "center_emb_train.json"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match="not valid JSON") as error:
+        load_official_json(path)
+    assert str(path) in str(error.value)
+    with pytest.raises(ValueError, match="is a folder"):
+        load_official_json(tmp_path)
+
+
+# --- saving by suffix, convert ----------------------------------------------------------------
+
+
+def test_json_save_round_trip_and_warns_about_what_it_drops(tmp_path, caplog):
+    means = ClassMeans(torch.randn(4, 6), torch.tensor([2, 3, 4, 5]), {"teacher": "resnet56"})
+    with caplog.at_level(logging.WARNING, logger="ndkd.centers.store"):
+        path = means.save(tmp_path / "centers.json")
+    assert "per-class sample counts, teacher" in caplog.text and str(path) in caplog.text
+    raw = json.loads(path.read_text())
+    assert list(raw) == ["0", "1", "2", "3"] and all(len(row) == 6 for row in raw.values())
+    loaded = load_official_json(path)
+    assert torch.equal(loaded.means, means.means)  # float32 values survive the text exactly
+    assert torch.equal(ClassMeans.load(path, num_classes=4, dim=6).means, means.means)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["centers.json"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ndkd.centers.store"):
+        loaded.save(tmp_path / "again.JSON")  # nothing to drop: no warning
+    assert not caplog.records
+    assert torch.equal(load_official_json(tmp_path / "again.JSON").means, means.means)
+
+
+def test_save_refuses_unknown_suffixes_and_folders(tmp_path):
+    means = ClassMeans(torch.rand(2, 3) + 0.1)
+    for name in ("centers.pt", "centers", "centers.safetensors.bak"):
+        with pytest.raises(ValueError, match=r"expected \.safetensors or \.json") as error:
+            means.save(tmp_path / name)
+        assert str(tmp_path / name) in str(error.value)
+    folder = tmp_path / "out.safetensors"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="out.safetensors is a folder; expected a file path"):
+        means.save(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
+
+
+def test_convert_json_to_safetensors_and_back(tmp_path):
+    source = tmp_path / "center_emb_train.json"
+    write_public_json(source, torch.rand(3, 4) + 0.1)
+    target = tmp_path / "c.safetensors"
+    written = convert_centers(source, target, {"teacher": "resnet56"})
+    assert written.metadata == {"source": "official-json", "teacher": "resnet56"}
+    loaded = ClassMeans.load(target)
+    assert loaded.metadata["teacher"] == "resnet56" and loaded.metadata["path"] == str(target)
+    torch.testing.assert_close(loaded.means, load_official_json(source).means)
+    back = tmp_path / "back.json"
+    convert_centers(target, back, {})
+    assert torch.equal(load_official_json(back).means, loaded.means)
+
+
+def test_convert_refuses_to_overwrite_its_input_or_a_folder(tmp_path):
+    source = tmp_path / "center_emb_train.json"
+    write_public_json(source, torch.rand(3, 4) + 0.1)
+    before = source.read_bytes()
+    for same in (source, tmp_path / "sub" / ".." / "center_emb_train.json"):
+        with pytest.raises(ValueError, match="would overwrite its input") as error:
+            convert_centers(source, same, {})
+        assert str(source) in str(error.value)
+    link = tmp_path / "link.json"
+    link.symlink_to(source)
+    with pytest.raises(ValueError, match="would overwrite its input"):
+        convert_centers(source, link, {})
+    with pytest.raises(ValueError, match="is a folder; expected a file path"):
+        convert_centers(source, tmp_path, {})
+    with pytest.raises(ValueError, match=r"\.safetensors or \.json"):
+        convert_centers(source, tmp_path / "c.pt", {})
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        convert_centers(tmp_path / "absent.json", tmp_path / "c.safetensors", {})
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["center_emb_train.json", "link.json"]

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from ndkd.config import ConfigError, dump_config, from_dict, load_config
+from ndkd.config import (
+    OUTPUT_ONLY_KEYS,
+    SPEED_ONLY_KEYS,
+    ConfigError,
+    RunConfig,
+    config_differences,
+    dump_config,
+    from_dict,
+    load_config,
+    resume_conflicts,
+)
+from ndkd.data.catalog import dataset_names
 
 
 def write(tmp_path, text):
@@ -51,7 +62,7 @@ def test_yaml_overrides_and_round_trip(tmp_path):
         ("terms.5.weight=1", "terms.5: expected a list index below 2"),
         ("terms.1.warmup_epochs=-1", "warmup_epochs: must be non-negative"),
         ("trainlr", "must look like key=value"),
-        ("data.name=imagenet", "data.name: expected one of"),
+        ("data.name=no_such_set", "data.name: expected one of"),
     ],
 )
 def test_refusals_name_the_key(tmp_path, override, message):
@@ -70,3 +81,62 @@ def test_missing_student_duplicate_terms_and_bad_files(tmp_path):
         load_config(write(tmp_path, "a: [1"))
     with pytest.raises(ConfigError, match="a loss term is a mapping with a 'name'"):
         load_config(write(tmp_path, "student: {arch: r}\nterms: [ce]"))
+
+
+def test_new_sections_default_to_the_behaviour_before_them(tmp_path):
+    config = load_config(write(tmp_path, BASE))
+    assert config.task == "classification"
+    assert (config.log.tensorboard, config.log.progress_every) == (False, 20)
+    plain = config.to_dict()
+    assert plain["task"] == "classification"
+    assert plain["log"] == {"tensorboard": False, "progress_every": 20}
+    changed = load_config(write(tmp_path, BASE), ["log.tensorboard=true", "log.progress_every=0"])
+    assert from_dict(__import__("yaml").safe_load(dump_config(changed))) == changed
+
+
+def test_every_catalog_dataset_is_a_valid_data_name(tmp_path):
+    for name in dataset_names():
+        assert load_config(write(tmp_path, BASE), [f"data.name={name}"]).data.name == name
+
+
+def test_the_safe_key_lists_name_real_keys():
+    leaves = set(config_differences({}, RunConfig().to_dict()))
+    assert set(SPEED_ONLY_KEYS) <= leaves and set(OUTPUT_ONLY_KEYS) <= leaves
+    assert not set(SPEED_ONLY_KEYS) & set(OUTPUT_ONLY_KEYS)
+
+
+def _resolved(tmp_path, *overrides):
+    return load_config(write(tmp_path, BASE), list(overrides)).to_dict()
+
+
+def test_config_differences_by_leaf_lists_whole(tmp_path):
+    old = _resolved(tmp_path)
+    assert config_differences(old, old) == []
+    new = _resolved(tmp_path, "train.lr=0.3", "terms.1.weight=2", "train.milestones=[1, 2]")
+    assert config_differences(old, new) == ["terms", "train.lr", "train.milestones"]
+    assert config_differences(new, old) == ["terms", "train.lr", "train.milestones"]
+    assert config_differences({"a": {"b": 1}}, {"a": {"b": 1, "c": None}}) == ["a.c"]
+    assert config_differences({"a": {"b": 1}}, {"a": 2}) == ["a", "a.b"]
+
+
+def test_resume_conflicts_ignore_safe_keys_and_longer_training(tmp_path):
+    old = _resolved(tmp_path)
+    safe = _resolved(
+        tmp_path,
+        "device=cpu",
+        "data.root=/elsewhere",
+        "data.num_workers=4",
+        "data.resident=true",
+        "train.channels_last=true",
+        "train.compile=true",
+        "log.progress_every=5",
+        "output_dir=runs/moved",
+        "log.tensorboard=true",
+        "train.epochs=5",
+    )
+    assert len(config_differences(old, safe)) == 10
+    assert resume_conflicts(old, safe) == []
+    assert resume_conflicts(old, _resolved(tmp_path, "train.epochs=1")) == ["train.epochs"]
+    unsafe = _resolved(tmp_path, "seed=1", "train.amp=bf16", "terms.1.weight=2")
+    assert "output_dir" in config_differences(old, unsafe)  # {seed} in it; output only
+    assert resume_conflicts(old, unsafe) == ["seed", "terms", "train.amp"]

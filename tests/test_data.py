@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 import struct
 import tarfile
@@ -174,11 +175,54 @@ def test_cifar_reads_the_tar_gz_archive(tmp_path, monkeypatch) -> None:
     assert torch.equal(images, folder_images) and torch.equal(labels, folder_labels)
 
 
-def test_full_size_count_is_enforced(tmp_path) -> None:
+def test_any_image_count_is_read_with_a_warning(tmp_path, caplog) -> None:
     write_cifar(tmp_path, "cifar100", per_file=2)
-    with pytest.raises(ValueError, match=r"expected 50000 images, found 2") as error:
+    write_cifar(tmp_path, "cifar10", per_file=3)
+    with caplog.at_level(logging.WARNING, logger="ndkd.data.cifar"):
+        images, labels = read_cifar("cifar100", tmp_path, "train")
+    assert images.shape == (2, 3, 32, 32) and labels.tolist() == _labels(0, 2, 100)
+    assert "cifar100 train split" in caplog.text
+    assert str(tmp_path / "cifar-100-python" / "train") in caplog.text
+    assert "2 images, not the standard 50000" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ndkd.data.cifar"):
+        test = build_dataset("cifar10", tmp_path, "test")
+    assert len(test) == 3 and "cifar10 test split" in caplog.text
+    assert "3 images, not the standard 10000" in caplog.text
+    assert len(build_dataset("cifar10", tmp_path, "train")) == 15
+
+
+def test_standard_count_is_not_warned_about(tmp_path, monkeypatch, caplog) -> None:
+    small_counts(monkeypatch, "cifar100", train=4, test=4)
+    write_cifar(tmp_path, "cifar100", per_file=4)
+    with caplog.at_level(logging.WARNING, logger="ndkd.data.cifar"):
         read_cifar("cifar100", tmp_path, "train")
-    assert str(tmp_path / "cifar-100-python" / "train") in str(error.value)
+    assert not caplog.records
+
+
+def test_standard_size() -> None:
+    assert cifar_module.standard_size("cifar100", "train") == 50000
+    assert cifar_module.standard_size("cifar10", "test") == 10000
+    with pytest.raises(ValueError, match="unknown CIFAR variant 'svhn'"):
+        cifar_module.standard_size("svhn", "train")
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        cifar_module.standard_size("cifar10", "val")
+
+
+def test_empty_split_is_a_value_error_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "cifar-100-python" / "test"
+    for data in (np.zeros((0, 3072), dtype=np.uint8), []):
+        _dump(path, {"data": data, "fine_labels": []})
+        with pytest.raises(ValueError, match="empty test split") as error:
+            read_cifar("cifar100", tmp_path, "test")
+        assert str(error.value).startswith(str(path))
+    path.write_bytes(b"\x80\x02}(X\x04\x00\x00\x00datac__builtin__\nbytes\nJ\x00\xca\x9a;\x85Ru.")
+    with pytest.raises(ValueError, match=r"refusing bytes\(\.\.\.\) with arguments"):
+        read_cifar("cifar100", tmp_path, "test")  # bytes(10**9) would allocate a gigabyte
+    _dump(path, {"data": _rows(0, 2), "fine_labels": ["a", "b"]})
+    with pytest.raises(ValueError, match="'fine_labels' as a list of integers") as error:
+        read_cifar("cifar100", tmp_path, "test")
+    assert str(path) in str(error.value)
 
 
 def test_missing_files_name_the_path_and_the_layout(tmp_path) -> None:

@@ -41,6 +41,7 @@ def test_torchrun_two_processes(tmp_path, digits_teacher):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "best.pt",
         "config.yaml",
+        "dataset.json",
         "last.pt",
         "metrics.jsonl",
     ]

@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ndkd import kd_loss
+from ndkd.losses import (
+    dist_loss,
+    dkd_loss,
+    infonce_direction_loss,
+    kd_loss,
+    pkt_loss,
+    rkd_loss,
+    sifn_loss,
+)
 
 
 def reference_kd(student, teacher, temperature):
@@ -74,3 +82,38 @@ def test_class_count_mismatch_is_refused():
         kd_loss(torch.randn(4, 10), torch.randn(4, 100), 4.0)
     with pytest.raises(ValueError, match="temperature"):
         kd_loss(torch.randn(4, 10), torch.randn(4, 10), 0.0)
+
+
+TEMPERED = {
+    "kd_loss": lambda s, t, y, tau: kd_loss(s, t, tau),
+    "dkd_loss": lambda s, t, y, tau: dkd_loss(s, t, y, 1.0, 8.0, tau),
+    "dist_loss": lambda s, t, y, tau: dist_loss(s, t, 1.0, 1.0, tau),
+    "infonce_direction_loss": lambda s, t, y, tau: infonce_direction_loss(s, y, t, tau),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPERED))
+@pytest.mark.parametrize("temperature", [math.nan, math.inf, -math.inf, 0.0, -1.0, True])
+def test_tempered_losses_refuse_a_temperature_that_is_not_a_positive_number(name, temperature):
+    """A NaN temperature passes ``temperature <= 0``; it must be refused, not return NaN."""
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="temperature must be positive and finite"):
+        TEMPERED[name](s, t, y, temperature)
+    assert torch.isfinite(TEMPERED[name](s, t, y, 2.0))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s, t, y: dkd_loss(s, t, y, math.nan, 8.0, 4.0), "alpha must be non-negative"),
+        (lambda s, t, y: dkd_loss(s, t, y, 1.0, -1.0, 4.0), "beta must be non-negative"),
+        (lambda s, t, y: dist_loss(s, t, 1.0, math.inf, 4.0), "gamma must be non-negative"),
+        (lambda s, t, y: rkd_loss(s, t, math.nan), "distance_weight must be non-negative"),
+        (lambda s, t, y: pkt_loss(s, t, eps=0.0), "eps must be positive"),
+        (lambda s, t, y: sifn_loss(s, step=math.nan), "step must be positive"),
+    ],
+)
+def test_loss_weights_and_constants_refuse_nan_inf_and_negatives(call, message):
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=message):
+        call(s, t, y)

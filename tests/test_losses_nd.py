@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import ndkd.losses.nd as nd_module
 from ndkd import nd_loss
 from ndkd.losses import reduce_per_sample
 
@@ -93,12 +94,96 @@ def test_zero_student_feature_gives_finite_gradient_towards_center():
     torch.testing.assert_close(s.grad, torch.tensor([[-0.3, -0.4]], dtype=torch.float64))
 
 
-def test_zero_student_and_teacher_is_finite():
-    centers = torch.tensor([[1.0, 1.0]])
-    s = torch.zeros(2, 2, requires_grad=True)
-    loss = nd_loss(s, torch.zeros(2, 2), torch.tensor([0, 0]), centers)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+def test_zero_student_and_teacher_rows_get_the_class_mean_norm():
+    """s = t = 0: the class mean's norm stands in for the teacher's, so Eq. 5 pushes s
+    along the class mean with gradient -c / ||c||^2 (not 0/0 nor a 1e12 gradient)."""
+    centers = torch.tensor([[3.0, 4.0], [1.0, 0.0]], dtype=torch.float64)
+    s = torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)
+    loss = nd_loss(s, torch.zeros(2, 2, dtype=torch.float64), torch.tensor([0, 1]), centers, "none")
+    loss.sum().backward()
+    torch.testing.assert_close(loss, torch.ones(2, dtype=torch.float64))
+    expected = -centers / centers.square().sum(dim=1, keepdim=True)  # [-0.12, -0.16], [-1, 0]
+    torch.testing.assert_close(s.grad, expected)
+
+
+def degenerate_reference(s, t, label, centers):
+    """The per-sample loss written out with the degenerate-teacher rule: ||t|| <= 1e-3 ||c||
+    takes ||c|| instead."""
+    c = centers[label]
+    t_norm = t.norm() if t.norm() > 1e-3 * c.norm() else c.norm()
+    return 1.0 - torch.dot(s, c / c.norm()) / torch.maximum(s.norm(), t_norm)
+
+
+def test_degenerate_teacher_rows_and_bounded_gradient():
+    torch.manual_seed(0)
+    centers = torch.rand(3, 6, dtype=torch.float64) + 0.1
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    c_norms = centers.norm(dim=1)[labels]
+    # teacher rows: zero, tiny (degenerate), just above the threshold (exact formula), normal
+    scales = torch.tensor([0.0, 1e-6, 2e-3, 1.0, 1e-4, 3e-3], dtype=torch.float64)
+    t = torch.randn(6, 6, dtype=torch.float64)
+    t = t / t.norm(dim=1, keepdim=True) * (scales * c_norms).unsqueeze(1)
+    for student_scale in (0.0, 1e-9, 1e-4, 1.0):
+        s = (torch.randn(6, 6, dtype=torch.float64) * student_scale).requires_grad_(True)
+        got = nd_loss(s, t, labels, centers, "none")
+        expected = torch.stack(
+            [degenerate_reference(s[i], t[i], labels[i], centers) for i in range(6)]
+        )
+        torch.testing.assert_close(got, expected)
+        got.sum().backward()
+        assert torch.isfinite(s.grad).all()
+        # |dl_i/ds_i| <= 1 / max(||s_i||, ||t_i||) <= 1000 / ||c_y||
+        assert (s.grad.norm(dim=1) <= 1000 / c_norms * (1 + 1e-9)).all()
+    # rows above the threshold follow the plain formula of the paper
+    exact = [2, 3, 5]
+    s = torch.randn(6, 6, dtype=torch.float64) * 1e-3
+    literal = reference_nd(s[exact], t[exact], labels[exact], centers, "none")
+    torch.testing.assert_close(nd_loss(s, t, labels, centers, "none")[exact], literal)
+
+
+def test_zero_class_mean_has_no_direction():
+    centers = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    s = torch.tensor([[0.0, 0.0], [2.0, 1.0], [0.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    loss = nd_loss(s, t, torch.tensor([0, 0, 0]), centers, "none")
+    loss.sum().backward()
+    torch.testing.assert_close(loss, torch.ones(3))
+    torch.testing.assert_close(s.grad, torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_backward_equals_autograd_reference(dtype):
+    """The fused per-row Function (nd_loss's default) against plain autograd: same values and
+    gradients on every branch: Eq. 5, Eq. 6, degenerate teachers, zero student rows."""
+    torch.manual_seed(0)
+    batch, dim = 64, 16
+    s = torch.randn(batch, dim, dtype=dtype)
+    s[::7] = 0.0
+    centers = torch.rand(batch, dim, dtype=dtype) + 0.1
+    inv_norms = centers.norm(dim=1).reciprocal()
+    teacher_norms = torch.rand(batch, dtype=dtype) * 2 * s.norm(dim=1).max()
+    teacher_norms[::5] = centers.norm(dim=1)[::5]  # a degenerate teacher's stand-in
+    grad_out = torch.randn(batch, dtype=dtype)
+    results = []
+    for per_sample in (nd_module._per_sample_autograd, nd_module._NDPerSample.apply):
+        x = s.clone().requires_grad_(True)
+        value = per_sample(x, centers, inv_norms, teacher_norms)
+        value.backward(grad_out)
+        results.append((value.detach(), x.grad))
+    torch.testing.assert_close(results[1], results[0])
+    assert nd_module._per_sample == nd_module._NDPerSample.apply  # the default path
+
+
+def test_gradcheck_both_gradient_paths():
+    torch.manual_seed(0)
+    s = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    centers = torch.rand(6, 5, dtype=torch.float64) + 0.1
+    inv_norms = centers.norm(dim=1).reciprocal()
+    teacher_norms = torch.tensor([0.1, 5.0, 0.5, 4.0, 2.0, 0.01], dtype=torch.float64)
+    for per_sample in (nd_module._per_sample_autograd, nd_module._NDPerSample.apply):
+        assert torch.autograd.gradcheck(
+            lambda x, f=per_sample: f(x, centers, inv_norms, teacher_norms), (s,)
+        )
 
 
 def test_large_student_norm_only_rotates():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,3 +78,55 @@ def test_registry_lists_terms_and_their_parameters():
     assert {"ce", "kd", "nd"} <= set(available())
     assert term_parameters("kd") == {"temperature": 4.0}
     assert Distiller([TermConfig("ce", 1.0)], context(*outputs()[:2])).requires_teacher is False
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("kd", {"temperature": math.nan}, "kd: temperature must be positive"),
+        ("dkd", {"temperature": math.inf}, "dkd: temperature must be positive"),
+        ("dkd", {"alpha": math.nan}, "dkd: alpha must be non-negative"),
+        ("dist", {"gamma": -1.0}, "dist: gamma must be non-negative"),
+        ("infonce", {"temperature": math.nan}, "infonce: temperature must be positive"),
+        ("rkd", {"angle_weight": math.nan}, "rkd: angle_weight must be non-negative"),
+        ("rkd", {"distance_weight": 0.0, "angle_weight": 0.0}, "must not both be 0"),
+        ("pkt", {"eps": math.nan}, "pkt: eps must be positive"),
+        ("sifn", {"step": math.nan}, "sifn: step must be positive"),
+        ("sifn", {"refresh_steps": 0}, "sifn: refresh_steps must be an integer >= 1"),
+        ("ce", {"label_smoothing": math.nan}, r"ce: label_smoothing must be in \[0, 1\)"),
+        ("nd", {"layers": True}, "nd: layers must be an integer >= 0"),
+        ("nd", {"projector_init_std": math.nan}, "projector init_std must be positive"),
+        ("nd", {"projector_dropout": 1.0}, r"projector dropout must be in \[0, 1\)"),
+    ],
+)
+def test_term_parameters_refuse_nan_inf_and_out_of_range(name, params, message):
+    student, teacher, _ = outputs(t_dim=8)
+    means = ClassMeans(torch.rand(4, 8) + 0.1)
+    with pytest.raises(ValueError, match=message):
+        Distiller([TermConfig(name, 1.0, 0, params)], context(student, teacher, means))
+
+
+def test_nd_projector_init_std_initialises_the_projector_linear():
+    """The public ImageNet code draws the projector Linear's weight and bias from N(0, 0.01^2);
+    the CIFAR code keeps PyTorch's default weight and a zero bias."""
+    torch.manual_seed(0)
+    student, teacher, labels = outputs(s_dim=64, t_dim=256)
+    means = ClassMeans(torch.rand(4, 256) + 0.1)
+    assert term_parameters("nd")["projector_init_std"] is None
+    default = Distiller([TermConfig("nd", 1.0)], context(student, teacher, means))
+    linear = default.terms["nd"].loss.projector[2]
+    assert torch.all(linear.bias == 0)
+    assert linear.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 64), rel=0.1)
+    params = {"projector_init_std": 0.01}
+    imagenet = Distiller([TermConfig("nd", 1.0, 0, params)], context(student, teacher, means))
+    linear = imagenet.terms["nd"].loss.projector[2]
+    assert linear.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert linear.bias.std().item() == pytest.approx(0.01, rel=0.3)
+    imagenet(StepOutputs(student, teacher, labels), 0)["nd"].backward()
+    assert linear.weight.grad is not None
+
+
+def test_importing_the_methods_does_not_import_dynamo():
+    """torch._dynamo costs about a second to import; only a SIFN snapshot term needs it."""
+    code = "import sys, ndkd, ndkd.methods; sys.exit('torch._dynamo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

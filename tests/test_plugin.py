@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,9 @@ from ndkd import (
     nd_loss,
     with_embedding,
 )
+from ndkd.models import create_model
+from ndkd.models.adapter import final_linear
+from ndkd.projector import dim_projector
 
 
 class TupleNet(nn.Module):
@@ -134,3 +139,50 @@ def test_snapshot_holds_earlier_weights():
     torch.testing.assert_close(snapshot.embedding(x), with_embedding(model)(x).embedding)
     assert not snapshot.embedding(x).requires_grad
     assert not model[2]._forward_hooks
+
+
+def test_final_linear_one_rule_for_every_model():
+    mlp = nn.Sequential(nn.Linear(4, 7), nn.ReLU(), nn.Linear(7, 3))
+    assert final_linear(mlp) == ("2", mlp[2])
+    zoo = create_model("resnet8", 10)
+    assert final_linear(zoo) == ("fc", zoo.fc)  # its get_classifier()
+    tuple_net = TupleNet()
+    assert final_linear(tuple_net) == ("aux", tuple_net.aux)  # the last one registered
+    adapter = with_embedding(tuple_net, classifier="head")
+    assert final_linear(adapter) == ("model.head", tuple_net.head)  # the adapter's choice
+    with pytest.raises(ValueError, match="Identity has no nn.Linear classifier"):
+        final_linear(nn.Identity())
+
+    class HeadlessTimm(nn.Module):  # as timm models built with num_classes=0
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 4), nn.Identity()
+
+        def get_classifier(self):
+            return self.head
+
+    with pytest.raises(ValueError, match="no nn.Linear classifier \\(its classifier is a"):
+        final_linear(HeadlessTimm())
+
+
+def test_adapter_state_dict_is_the_model_s_own():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    keys = list(EmbeddingAdapter(model).state_dict())
+    assert keys == [f"model.{key}" for key in model.state_dict()]
+
+
+def test_snapshot_of_an_adapter_keeps_its_classifier_layer():
+    torch.manual_seed(0)
+    live = with_embedding(TupleNet(), classifier="head")
+    snapshot = ModelSnapshot(live)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(snapshot.embedding(x), live(x).embedding.detach())
+    assert snapshot.embedding(x).shape == (3, 5)
+
+
+def test_dim_projector_is_identity_for_equal_dims():
+    assert isinstance(dim_projector(8, 8), nn.Identity)
+    assert isinstance(dim_projector(8, 16), EmbeddingProjector)
+    linear = dim_projector(8, 16, partial(nn.Linear, bias=False))
+    assert isinstance(linear, nn.Linear) and linear.bias is None
+    assert (linear.in_features, linear.out_features) == (8, 16)

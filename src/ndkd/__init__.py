@@ -8,39 +8,46 @@ Plug-in use in any training loop::
     s, t = student(x), teacher(x)  # teacher under torch.no_grad()
     loss = (ce(s.logits, y) + kd_loss(s.logits, t.logits, 4.0)
             + nd_loss(s.embedding, t.embedding, y, centers))
+
+The names below are imported on first use (PEP 562), so ``import ndkd`` (and the ``ndkd``
+command's help) does not load torch.
 """
 
-from ndkd.centers import ClassMeans, class_means, load_official_json
-from ndkd.losses import (
-    cosine_direction_loss,
-    infonce_direction_loss,
-    kd_loss,
-    l2_feature_loss,
-    nd_loss,
-    sifn_loss,
-)
-from ndkd.models.adapter import EmbeddingAdapter, with_embedding
-from ndkd.models.output import ModelOutput
-from ndkd.nd_module import NDLoss
-from ndkd.projector import EmbeddingProjector
-from ndkd.snapshot import ModelSnapshot
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClassMeans",
-    "EmbeddingAdapter",
-    "EmbeddingProjector",
-    "ModelOutput",
-    "ModelSnapshot",
-    "NDLoss",
-    "class_means",
-    "cosine_direction_loss",
-    "infonce_direction_loss",
-    "kd_loss",
-    "l2_feature_loss",
-    "load_official_json",
-    "nd_loss",
-    "sifn_loss",
-    "with_embedding",
-]
+_EXPORTS = {
+    "ClassMeans": "ndkd.centers",
+    "class_means": "ndkd.centers",
+    "load_official_json": "ndkd.centers",
+    "cosine_direction_loss": "ndkd.losses",
+    "infonce_direction_loss": "ndkd.losses",
+    "kd_loss": "ndkd.losses",
+    "l2_feature_loss": "ndkd.losses",
+    "nd_loss": "ndkd.losses",
+    "sifn_loss": "ndkd.losses",
+    "EmbeddingAdapter": "ndkd.models.adapter",
+    "with_embedding": "ndkd.models.adapter",
+    "ModelOutput": "ndkd.models.output",
+    "NDLoss": "ndkd.nd_module",
+    "EmbeddingProjector": "ndkd.projector",
+    "ModelSnapshot": "ndkd.snapshot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ndkd' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

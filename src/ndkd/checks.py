@@ -1,11 +1,17 @@
-"""Input validation and dtype promotion shared by the losses and the class-mean code.
+"""Input validation and dtype promotion shared by the losses, the loss terms and the
+class-mean code.
 
 Checks here never synchronize with an accelerator: shape checks read metadata only, and the
 label-range check runs only for labels that live on the CPU and outside torch.compile (else an
 out-of-range label still fails, through the device-side index assertion of ``gather``).
+Parameter checks (:func:`check_positive` and its siblings) take the name to show, e.g.
+``"dkd: temperature"``, and refuse NaN and infinities, which pass a plain ``value <= 0`` test.
 """
 
 from __future__ import annotations
+
+import math
+from numbers import Real
 
 import torch
 
@@ -67,8 +73,7 @@ def check_logit_pair(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> None:
     """Require a positive temperature and student/teacher logits of one ``[B, C]`` shape."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, found {temperature}")
+    check_positive("temperature", temperature)
     check_matrix("student_logits", student_logits)
     check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
 
@@ -88,3 +93,32 @@ def check_feature_map(name: str, x: torch.Tensor) -> None:
     """Require a 4-D ``[B, C, H, W]`` feature map."""
     if x.dim() != 4:
         raise ValueError(f"{name} must be [B, C, H, W], found shape {tuple(x.shape)}")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Require a finite real number ``> 0``."""
+    if not _finite_real(value) or value <= 0:
+        raise ValueError(f"{name} must be positive and finite, found {value!r}")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    """Require a finite real number ``>= 0``."""
+    if not _finite_real(value) or value < 0:
+        raise ValueError(f"{name} must be non-negative and finite, found {value!r}")
+
+
+def check_fraction(name: str, value: float) -> None:
+    """Require a real number in ``[0, 1)`` (a dropout or momentum, a label smoothing)."""
+    if not _finite_real(value) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), found {value!r}")
+
+
+def check_count(name: str, value: int, minimum: int = 1) -> None:
+    """Require an integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, found {value!r}")
+
+
+def _finite_real(value: object) -> bool:
+    """A real number (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)

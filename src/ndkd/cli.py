@@ -1,4 +1,8 @@
-"""The ``ndkd`` command. The library logs; this module decides what a person sees."""
+"""The ``ndkd`` command. The library logs; this module decides what a person sees.
+
+torch and the library are imported inside the command handlers, so ``ndkd --help`` and
+argument errors answer without loading them.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from ndkd import __version__
 
-from ndkd import __version__, experiment
-from ndkd.centers import ClassMeans, load_official_json
-from ndkd.config import RunConfig, load_config
-from ndkd.console import ProgressPrinter
-from ndkd.engine import NonFiniteLossError, read_env
+if TYPE_CHECKING:
+    from ndkd.config import RunConfig
 
 
 def _parse_metadata(pairs: Sequence[str]) -> dict[str, str]:
@@ -29,15 +31,19 @@ def _parse_metadata(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _convert_centers(args: argparse.Namespace) -> int:
-    means = load_official_json(args.json)
-    means.metadata.update(_parse_metadata(args.meta))
-    means.metadata.pop("path", None)
-    path = means.save(args.output)
-    print(f"wrote {path}: {means.num_classes} classes x {means.dim} dims")
+    from ndkd.centers import convert_centers
+
+    metadata = _parse_metadata(args.meta)
+    means = convert_centers(Path(args.source), Path(args.output), metadata)
+    print(f"wrote {args.output}: {means.num_classes} classes x {means.dim} dims")
     return 0
 
 
 def _inspect_centers(args: argparse.Namespace) -> int:
+    import torch
+
+    from ndkd.centers import ClassMeans
+
     means = ClassMeans.load(args.path)
     norms = torch.linalg.vector_norm(means.means, dim=1)
     print(f"{args.path}")
@@ -57,6 +63,10 @@ FAST_CUDA_OVERRIDES = ("train.amp=bf16", "train.compile=true")
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
+    import torch
+
+    from ndkd.config import load_config
+
     overrides = list(args.overrides)
     if getattr(args, "fast", False):
         # Speed only: same data, augmentation, schedule and losses. bf16 and compile pay off
@@ -67,28 +77,46 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 
 def _is_main_process() -> bool:
+    from ndkd.engine import read_env
+
     return read_env().is_main
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ndkd import experiment
+    from ndkd.console import ProgressPrinter
+    from ndkd.engine.trainer import RunInterrupted
+
     config = _config(args)
     if args.dry_run:
-        experiment.check_run_folder(config, args.resume)
+        plan = experiment.plan_run(config, args.resume)
         built = experiment.build(config, join_process_group=False)
         params = sum(p.numel() for p in built.student.parameters())
         extra = sum(p.numel() for p in built.method.parameters())
+        data = built.data
         print(
             f"config ok: {config.student.arch} student ({params:,} parameters), "
             f"teacher {config.teacher.arch or 'none'}, terms "
             f"{', '.join(f'{t.name}x{t.weight:g}' for t in config.terms)} "
-            f"({extra:,} method parameters), {built.train_size} training images, "
-            f"{len(built.train_loader)} steps/epoch on {built.device}"
+            f"({extra:,} method parameters), {data.train_size} training images, "
+            f"{len(data.train_loader)} steps/epoch on {built.device}"
+            + (f"; class means {config.centers.path}" if built.method.requires_centers else "")
+            + (f"; resumes after epoch {plan.checkpoint['epoch']}" if plan.checkpoint else "")
         )
         return 0
     printer = ProgressPrinter(enabled=_is_main_process())
-    history = experiment.train(
-        config, resume=args.resume, progress=printer, step_progress=printer.bar
-    )
+    try:
+        history = experiment.train(
+            config, resume=args.resume, progress=printer, step_progress=printer.bar
+        )
+    except RunInterrupted as stop:
+        printer.close()
+        if _is_main_process():
+            print(
+                f"ndkd train: {stop}; continue with: ndkd train -c {args.config} --resume",
+                file=sys.stderr,
+            )
+        return 128 + stop.signum
     if _is_main_process() and history:
         last = history[-1]
         print(f"done: {config.output_dir}  last epoch test top-1 {last.get('test_top1', 0):.2f}%")
@@ -96,8 +124,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _centers(args: argparse.Namespace) -> int:
+    from ndkd import experiment
+    from ndkd.centers import ClassMeans
+    from ndkd.console import ProgressPrinter
+
     printer = ProgressPrinter(enabled=_is_main_process())
-    path = experiment.compute_centers(_config(args), progress=printer.steps("class means"))
+    path = experiment.compute_centers(_config(args), progress=printer)
     if _is_main_process():
         means = ClassMeans.load(path)
         print(f"wrote {path}: {means.num_classes} classes x {means.dim} dims")
@@ -105,6 +137,8 @@ def _centers(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ndkd import experiment
+
     # `checkpoint=PATH` among the overrides is the same as --checkpoint PATH
     picked = [o for o in args.overrides if o.startswith("checkpoint=")]
     args.overrides = [o for o in args.overrides if not o.startswith("checkpoint=")]
@@ -116,7 +150,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ndkd.demo import QUICK, DemoSettings, results_table, run_demo, write_report  # matplotlib
+    from ndkd.console import ProgressPrinter
+    from ndkd.demo import QUICK, DemoSettings, results_table, run_demo, write_report
 
     settings = dataclasses.replace(
         QUICK if args.quick else DemoSettings(), output=Path(args.output), device=args.device
@@ -130,7 +165,6 @@ def _demo(args: argparse.Namespace) -> int:
         settings,
         phase=lambda text: print(text, flush=True),
         progress=printer,
-        centers_progress=printer.steps("class means"),
         step_progress=printer.bar,
     )
     paths = write_report(result)
@@ -141,7 +175,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    # imported here: matplotlib is only needed by this command
     from ndkd.analysis.recipes import group_runs
     from ndkd.analysis.report import results_table, write_features, write_results
     from ndkd.analysis.results import summarize
@@ -218,10 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser(
         "convert-centers",
-        help="import a public center_emb_train.json into an ndkd class-means file",
+        help="convert a class-means file: a public center_emb_train.json to ndkd's "
+        ".safetensors (or back); the output's suffix picks the format",
     )
-    convert.add_argument("json", help="path of the public JSON file")
-    convert.add_argument("output", help="safetensors file to write")
+    convert.add_argument("source", help="a public .json file or an ndkd .safetensors file")
+    convert.add_argument(
+        "output", help="file to write: .safetensors (with metadata) or .json (public layout)"
+    )
     convert.add_argument(
         "--meta",
         action="append",
@@ -293,9 +329,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, TypeError, NonFiniteLossError) as error:
-        print(f"ndkd {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:  # outside a training loop, which stops at a step itself
+        print(f"ndkd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = _user_error(error)
+        if message is None:
+            raise
+        print(f"ndkd {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _user_error(error: Exception) -> str | None:
+    """The one line for bad input, an unwritable path or a stopped run (exit 2); ``None``
+    for anything else (a bug: the traceback is shown)."""
+    if isinstance(error, (ValueError, FileNotFoundError, TypeError)):
+        return str(error)
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror or error}{where}"
+    trainer = sys.modules.get("ndkd.engine.trainer")  # imported by then if it can be raised
+    if trainer is not None and isinstance(error, trainer.NonFiniteLossError):
+        return str(error)
+    return None
 
 
 def run() -> None:

@@ -1,14 +1,25 @@
-"""Typed run configuration: YAML files, dotted ``key=value`` overrides, strict validation.
+"""Typed run configuration: YAML files, inherited bases, dotted ``key=value`` overrides,
+strict validation.
 
 Every key is declared below with its type and default; an unknown key, a wrong type or an
 out-of-range value is an error that names the key. Loss terms are a list of
 ``{name, weight, ...params}``; their params are checked by the term registry when the
 method is built (``ndkd train --dry-run`` does that without training).
+
+A config file may name bases under a top-level ``base:`` key: one path or a list of paths,
+relative to the file that names them (bases may name bases of their own). The result is
+the bases merged in order (a later one wins), then the file itself, then the command-line
+overrides. Mappings merge key by key, at any depth; a list or a scalar is replaced whole,
+so a file that names ``terms`` states the full list. Files whose name starts with ``_``
+are bases by convention, not recipes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,16 +28,57 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ndkd.data.catalog import dataset_names
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
 
 
+BASE_KEY = "base"
+"""The top-level key of a config file that names the files it inherits from."""
+
+SPEED_ONLY_KEYS: tuple[str, ...] = (
+    "device",
+    "data.root",
+    "data.num_workers",
+    "data.resident",
+    "train.channels_last",
+    "train.compile",
+    "log.progress_every",
+)
+"""Dotted keys that change where or how fast a run executes, never what it computes
+(the same data, augmentation, schedule and losses)."""
+
+OUTPUT_ONLY_KEYS: tuple[str, ...] = ("output_dir", "log.tensorboard")
+"""Dotted keys that change only where or in which form a run's results are written."""
+
+SEED_MAX = 2**32 - 1
+"""Largest accepted ``seed`` (numpy's and torch's seeding accept ``[0, 2**32 - 1]``)."""
+
+DEVICE_FORMS = "auto, cpu, mps, cuda or cuda:N (N a GPU index)"
+"""The accepted forms of ``device`` (whether that device exists is checked when a run
+starts, not here)."""
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+POSITIVE_TERM_PARAMS = ("temperature", "tau")
+"""Term params that, when given, must be finite positive numbers."""
+
+NON_NEGATIVE_TERM_PARAMS = ("alpha", "beta")
+"""Term params that, when given, must be finite non-negative numbers (a weight inside a
+term, e.g. DKD's ``alpha``/``beta``: 0 switches that part off)."""
+
+# YAML 1.1 (PyYAML) reads "5e-4" (no dot) and "nan"/"inf" (no leading dot) as strings.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
+_NON_FINITE_WORD = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
+
+
 @dataclass
 class DataConfig:
-    name: Literal["cifar10", "cifar100", "digits", "digit_pairs"] = "cifar100"
-    """Dataset: ``cifar10``/``cifar100`` (python-pickle folders), or bundled with
-    scikit-learn: ``digits`` (10 classes) or ``digit_pairs`` (100 classes, noisy)."""
+    name: str = "cifar100"
+    """Dataset, a name of ``ndkd.data.catalog.dataset_names()``: ``cifar10``/``cifar100``
+    (python-pickle folders), or bundled with scikit-learn: ``digits`` (10 classes) or
+    ``digit_pairs`` (100 classes, noisy)."""
     root: str = "data"
     """Folder holding ``cifar-100-python/`` (or its ``.tar.gz``); unused for the bundled ones."""
     num_workers: int = 0
@@ -46,7 +98,8 @@ class ModelConfig:
 @dataclass
 class CentersConfig:
     path: str | None = None
-    """Class-means file (ndkd safetensors or public JSON); ``ndkd centers`` writes it."""
+    """Class-means file (ndkd safetensors or public JSON); ``ndkd centers`` writes it. Read
+    only by terms that use the teacher class means (``nd``, ``cosine``, ``infonce``)."""
     transform: Literal["train", "test"] = "train"
     """Pass used by ``ndkd centers``: with training augmentation (as the paper) or without."""
 
@@ -74,6 +127,7 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
+    """Nesterov momentum (needs ``momentum > 0``)."""
     weight_decay: float = 5e-4
     schedule: Literal["multistep", "cosine"] = "multistep"
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
@@ -88,12 +142,24 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False
+    """Also write TensorBoard event files beside ``metrics.jsonl`` (needs the
+    ``tensorboard`` extra)."""
+    progress_every: int = 20
+    """Steps between progress reports on a terminal; 0 reports only at epoch ends."""
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
+    """Random seed, in ``[0, 2**32 - 1]``."""
     device: str = "auto"
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     output_dir: str = "runs/default"
     """Run folder; ``{seed}`` in it is replaced by the seed (one folder per seed)."""
+    task: Literal["classification"] = "classification"
+    """The task the run trains (more will come: multilabel, detection)."""
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
@@ -101,8 +167,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     terms: list[TermConfig] = field(default_factory=lambda: [TermConfig("ce", 1.0)])
     """Loss terms, e.g. ``[{name: ce, weight: 1}, {name: kd, weight: 1, temperature: 4}]``."""
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (what ``config.yaml`` holds); terms as ``{name, weight, ...params}``."""
         plain = dataclasses.asdict(self)
         plain["terms"] = [_term_to_dict(term) for term in self.terms]
         return plain
@@ -116,19 +184,10 @@ def _term_to_dict(term: TermConfig) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
-    """Read a YAML file (or the defaults when ``path`` is None), apply ``key=value``
-    overrides (dotted keys; list items by index, e.g. ``terms.1.weight=2``), validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from error
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    """Read a YAML file and its bases (or the defaults when ``path`` is None), apply
+    ``key=value`` overrides (dotted keys; list items by index, e.g. ``terms.1.weight=2``),
+    validate. An error inside a file names that file."""
+    raw: dict[str, Any] = {} if path is None else _read_with_bases(Path(path), ())
     for item in overrides:
         _apply_override(raw, item)
     return from_dict(raw)
@@ -147,11 +206,180 @@ def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Sorted dotted keys whose values differ between two resolved config dicts.
+
+    Nested mappings are compared leaf by leaf; lists are compared whole (all loss terms
+    are one key, ``terms``). A key present on one side only is a difference, so pass both
+    through ``from_dict(...).to_dict()`` when one may predate keys added since.
+    """
+    old_leaves, new_leaves = _leaves(old, ""), _leaves(new, "")
+    missing = object()
+    return sorted(
+        key
+        for key in old_leaves.keys() | new_leaves.keys()
+        if old_leaves.get(key, missing) != new_leaves.get(key, missing)
+    )
+
+
+def resume_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The differences that forbid resuming a run stored with ``old`` under ``new``.
+
+    Safe to change on resume: :data:`SPEED_ONLY_KEYS`, :data:`OUTPUT_ONLY_KEYS`, and
+    ``train.epochs`` when it increased (training on to a later end).
+    """
+    safe = set(SPEED_ONLY_KEYS) | set(OUTPUT_ONLY_KEYS)
+    conflicts = [key for key in config_differences(old, new) if key not in safe]
+    if "train.epochs" in conflicts and _epochs_increased(old, new):
+        conflicts.remove("train.epochs")
+    return conflicts
+
+
+def _epochs_increased(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    before = old.get("train", {}).get("epochs")
+    after = new.get("train", {}).get("epochs")
+    numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (before, after))
+    return numbers and after > before
+
+
+def _leaves(node: dict[str, Any], prefix: str) -> dict[str, Any]:
+    leaves: dict[str, Any] = {}
+    for key, value in node.items():
+        dotted = _join(prefix, str(key))
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, dotted))
+        else:
+            leaves[dotted] = value
+    return leaves
+
+
+# --- reading files ---------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key repeated in one mapping (PyYAML keeps the last
+    silently). Errors are :class:`yaml.MarkedYAMLError` naming the dotted key and line."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_duplicate_keys(node, "", set())
+        return super().construct_document(node)
+
+
+def _check_duplicate_keys(node: yaml.Node, where: str, visited: set[int]) -> None:
+    if id(node) in visited:  # an alias: checked where its anchor is (also ends a cycle)
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: set[tuple[str, str]] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (key_node.tag, key_node.value)
+                dotted = _join(where, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {dotted!r}", key_node.start_mark
+                    )
+                seen.add(key)
+            else:
+                dotted = where
+            _check_duplicate_keys(value_node, dotted, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicate_keys(item, _join(where, str(index)), visited)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (PyYAML's own message spans several lines)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        problem = error.problem or error.context or "invalid"
+        mark = error.problem_mark or error.context_mark
+        if mark is not None:
+            return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        return problem
+    return " ".join(str(error).split())
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a text file (it does not decode as UTF-8)") from error
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from error
+    try:
+        raw = _parse_yaml(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(error)})") from error
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {_kind(raw)}")
+    return raw
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """``path``'s mapping over its bases, merged (``chain``: the files naming this one)."""
+    identity = path.resolve()
+    if identity in [p.resolve() for p in chain]:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"{BASE_KEY}: the bases form a cycle: {cycle}")
+    raw = _read_file(path)
+    names = raw.pop(BASE_KEY, None)
+    if names is None:
+        names = []
+    elif isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(
+            f"{path}: {BASE_KEY}: expected a path or a list of paths, found {names!r}"
+        )
+    try:  # keys and types of this file alone, so that an error names the file holding it
+        _build(RunConfig, raw, "")
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+    merged: dict[str, Any] = {}
+    for name in names:
+        base = Path(os.path.normpath(path.parent / name))
+        if not base.is_file():
+            raise ConfigError(f"{path}: {BASE_KEY} file not found: {base}")
+        merged = _deep_merge(merged, _read_with_bases(base, (*chain, path)))
+    return _deep_merge(merged, raw)
+
+
+def _deep_merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``under``: mappings merge recursively, anything else is replaced."""
+    merged = dict(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- overrides -------------------------------------------------------------------------
+
+
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.05)")
-    value = yaml.safe_load(text) if text else ""
+    if key == BASE_KEY:
+        raise ConfigError(f"override {item!r}: {BASE_KEY} can only be named in a config file")
+    try:
+        value = _parse_yaml(text) if text.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"override {item!r}: the value is not valid YAML ({_yaml_problem(error)})"
+        ) from error
     parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
@@ -163,22 +391,32 @@ def _child(node: Any, part: str, where: str) -> Any:
     if isinstance(node, list):
         index = _index(part, len(node), where)
         return node[index]
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where}: cannot set a key inside a value of type {_kind(node)}")
     if part == "terms" and "terms" not in node:
         node["terms"] = [_term_to_dict(term) for term in RunConfig().terms]
-    return node.setdefault(part, {})
+    child = node.setdefault(part, {})
+    if child is None:  # "teacher:" left empty in a file
+        child = node[part] = {}
+    return child
 
 
 def _assign(node: Any, part: str, value: Any, where: str) -> None:
     if isinstance(node, list):
         node[_index(part, len(node), where)] = value
-    else:
+    elif isinstance(node, dict):
         node[part] = value
+    else:
+        raise ConfigError(f"{where}: cannot set a key inside a value of type {_kind(node)}")
 
 
 def _index(part: str, length: int, where: str) -> int:
     if not part.isdigit() or int(part) >= length:
         raise ConfigError(f"{where}: expected a list index below {length}, found {part!r}")
     return int(part)
+
+
+# --- building and checking -------------------------------------------------------------
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
@@ -188,10 +426,10 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where or 'config'}: expected a mapping, found {_kind(raw)}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - known, key=str)
     if unknown:
         raise ConfigError(
-            f"unknown config key {_join(where, unknown[0])!r}; "
+            f"unknown config key {_join(where, str(unknown[0]))!r}; "
             f"known keys here: {', '.join(sorted(known))}"
         )
     values = {name: _coerce(hints[name], raw[name], _join(where, name)) for name in raw}
@@ -201,12 +439,47 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 def _build_term(raw: Any, where: str) -> TermConfig:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ConfigError(f"{where}: a loss term is a mapping with a 'name', found {raw!r}")
-    params = {k: v for k, v in raw.items() if k not in ("name", "weight", "warmup_epochs")}
+    params = {
+        key: _term_param(str(key), value, f"{where}.{key}")
+        for key, value in raw.items()
+        if key not in ("name", "weight", "warmup_epochs")
+    }
     weight = _coerce(float, raw.get("weight", 1.0), f"{where}.weight")
+    if weight < 0:
+        raise ConfigError(f"{where}.weight: must be non-negative, found {weight}")
     warmup = _coerce(float, raw.get("warmup_epochs", 0.0), f"{where}.warmup_epochs")
     if warmup < 0:
         raise ConfigError(f"{where}.warmup_epochs: must be non-negative, found {warmup}")
     return TermConfig(raw["name"], weight, warmup, params)
+
+
+def _term_param(name: str, value: Any, where: str) -> Any:
+    """A term param as given, with numbers checked: never NaN or infinite (also not as the
+    words YAML leaves as strings), and the well-known ones in range."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 5e-4 as a string
+    _check_finite(value, where)
+    if name in POSITIVE_TERM_PARAMS + NON_NEGATIVE_TERM_PARAMS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        if name in POSITIVE_TERM_PARAMS and value <= 0:
+            raise ConfigError(f"{where}: must be positive, found {value}")
+        if value < 0:
+            raise ConfigError(f"{where}: must be non-negative, found {value}")
+    return value
+
+
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, found {value}")
+    if isinstance(value, str) and _NON_FINITE_WORD.fullmatch(value.strip()):
+        raise ConfigError(f"{where}: must be a finite number, found {value!r}")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{where}.{index}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -242,11 +515,13 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, found {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, found {value}")
         return float(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -271,17 +546,32 @@ def _validate(config: RunConfig) -> None:
         "train.weight_decay": train.weight_decay,
         "train.lr_warmup_epochs": train.lr_warmup_epochs,
         "data.num_workers": config.data.num_workers,
+        "log.progress_every": config.log.progress_every,
     }.items():
         if value < 0:
             raise ConfigError(f"{key}: must be non-negative, found {value}")
+    if train.nesterov and train.momentum <= 0:
+        raise ConfigError(
+            "train.nesterov: Nesterov needs train.momentum > 0 (found "
+            f"{train.momentum}); set train.nesterov=false or a positive train.momentum"
+        )
     if sorted(train.milestones) != train.milestones:
         raise ConfigError(f"train.milestones: must be increasing, found {train.milestones}")
+    if not 0 <= config.seed <= SEED_MAX:
+        raise ConfigError(f"seed: must be in [0, {SEED_MAX}], found {config.seed}")
+    if not _DEVICE.fullmatch(config.device):
+        raise ConfigError(f"device: expected {DEVICE_FORMS}, found {config.device!r}")
+    if not config.output_dir.strip():
+        raise ConfigError("output_dir: must name a folder")
+    names = list(dataset_names())
+    if config.data.name not in names:
+        raise ConfigError(f"data.name: expected one of {names}, found {config.data.name!r}")
     if not config.student.arch:
         raise ConfigError("student.arch: required (a name from ndkd.models.list_models())")
     if not config.terms:
         raise ConfigError("terms: at least one loss term is required (e.g. {name: ce})")
-    names = [term.name for term in config.terms]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    term_names = [term.name for term in config.terms]
+    duplicates = sorted({n for n in term_names if term_names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"terms: each term may appear once, found {duplicates} repeated")
 

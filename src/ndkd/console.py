@@ -1,83 +1,165 @@
-"""What the CLI shows a person: a progress bar on a terminal, one line per epoch always."""
+"""What the CLI shows a person: a tqdm bar per pass on a terminal, one line per epoch always."""
 
 from __future__ import annotations
 
 import os
 import sys
+from numbers import Real
 from typing import Any, TextIO
 
-from ndkd.engine import Progress
+from tqdm import tqdm
+
+from ndkd.progress import Progress
 
 
 def interactive(stream: TextIO) -> bool:
     """A progress bar only on a real terminal, never in CI logs."""
-    return stream.isatty() and not os.environ.get("CI")
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty()) and not os.environ.get("CI")
 
 
-def epoch_summary(record: dict[str, Any], epochs: int) -> str:
-    """One line: epoch, losses, lr, accuracy, feature norms, speed."""
+def _number(record: dict[str, Any], key: str) -> float | None:
+    value = record.get(key)
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def epoch_summary(record: dict[str, Any], epochs: int | None = None) -> str:
+    """One line: epoch, losses, lr, accuracy, feature norms, speed.
+
+    Only the entries present in ``record`` are shown, in that order; a full classification
+    record reads ``epoch 3/10  loss 1.2345 (ce 0.9 ...)  lr 0.1  train 55.00%  test 50.00%
+    top-5 80.00%  |s| 5.00 |t| 6.00  12.3s 4000 img/s``.
+    """
+    parts: list[str] = []
+    epoch = record.get("epoch")
+    if epoch is not None:
+        parts.append(f"epoch {epoch}/{epochs}" if epochs is not None else f"epoch {epoch}")
     terms = " ".join(
-        f"{key[5:]} {value:.4f}" for key, value in record.items() if key.startswith("loss/")
+        f"{key[5:]} {value:.4f}"
+        for key, value in record.items()
+        if key.startswith("loss/") and _number(record, key) is not None
     )
-    parts = [
-        f"epoch {record['epoch']}/{epochs}",
-        f"loss {record['loss']:.4f} ({terms})",
-        f"lr {record['lr']:.4g}",
-        f"train {record['train_top1']:.2f}%",
-    ]
-    if "test_top1" in record:
-        parts.append(f"test {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}%")
-    norms = f"|s| {record['student_emb_norm']:.2f}"
-    if "teacher_emb_norm" in record:
-        norms += f" |t| {record['teacher_emb_norm']:.2f}"
-    parts += [norms, f"{record['epoch_time_s']:.1f}s {record['images_per_s']:.0f} img/s"]
+    loss = _number(record, "loss")
+    if loss is not None:
+        parts.append(f"loss {loss:.4f} ({terms})" if terms else f"loss {loss:.4f}")
+    elif terms:
+        parts.append(f"loss ({terms})")
+    lr = _number(record, "lr")
+    if lr is not None:
+        parts.append(f"lr {lr:.4g}")
+    train = _number(record, "train_top1")
+    if train is not None:
+        parts.append(f"train {train:.2f}%")
+    top1, top5 = _number(record, "test_top1"), _number(record, "test_top5")
+    test = []
+    if top1 is not None:
+        test.append(f"{top1:.2f}%")
+    if top5 is not None:
+        test.append(f"top-5 {top5:.2f}%")
+    if test:
+        parts.append("test " + " ".join(test))
+    for key in record:
+        if key.startswith("test_") and key not in ("test_top1", "test_top5", "test_samples"):
+            value = _number(record, key)
+            if value is not None:
+                parts.append(f"{key[5:]} {value:.4g}")
+    norms = []
+    student, teacher = _number(record, "student_emb_norm"), _number(record, "teacher_emb_norm")
+    if student is not None:
+        norms.append(f"|s| {student:.2f}")
+    if teacher is not None:
+        norms.append(f"|t| {teacher:.2f}")
+    if norms:
+        parts.append(" ".join(norms))
+    speed = []
+    seconds, rate = _number(record, "epoch_time_s"), _number(record, "images_per_s")
+    if seconds is not None:
+        speed.append(f"{seconds:.1f}s")
+    if rate is not None:
+        speed.append(f"{rate:.0f} img/s")
+    if speed:
+        parts.append(" ".join(speed))
     return "  ".join(parts)
 
 
+def _label(event: Progress) -> str:
+    if event.epoch is None:
+        return event.phase
+    of = f"/{event.epochs}" if event.epochs is not None else ""
+    return f"{event.phase} epoch {event.epoch}{of}"
+
+
+def _postfix(values: dict[str, float]) -> dict[str, str]:
+    return {
+        key: f"{value:.4f}" if isinstance(value, float) else str(value)
+        for key, value in values.items()
+    }
+
+
 class ProgressPrinter:
-    """Progress callback for :class:`ndkd.engine.Trainer` (rank 0 only): the bar is drawn on
-    ``stream`` (stderr) when it is a terminal; the epoch lines go to ``lines`` (stdout)."""
+    """The :data:`ndkd.progress.ProgressFn` of the CLI: call it with each
+    :class:`~ndkd.progress.Progress` event.
+
+    On a terminal (``stream``, stderr by default, not under ``CI``) each pass gets a tqdm bar
+    (``phase`` and ``epoch e/E``, ``done``/``total``, ``values`` as postfix); ``bar`` says
+    whether bars are drawn, so callers can skip per-step reports when they are not. An event
+    with a ``record`` closes the bar and prints :func:`epoch_summary` to ``lines`` (stdout),
+    terminal or not. ``enabled=False`` (non-main ranks) shows nothing. Call :meth:`close` when
+    done (it removes a bar left open by a pass whose total was unknown). ``mininterval``: the
+    least seconds between redraws (tqdm's).
+    """
 
     def __init__(
-        self, stream: TextIO = sys.stderr, lines: TextIO = sys.stdout, enabled: bool = True
+        self,
+        stream: TextIO | None = None,
+        lines: TextIO | None = None,
+        enabled: bool = True,
+        mininterval: float = 0.1,
     ) -> None:
-        self.stream = stream
-        self.lines = lines
+        self.stream = stream if stream is not None else sys.stderr
+        self.lines = lines if lines is not None else sys.stdout
         self.enabled = enabled
-        self.bar = interactive(stream)
+        self.mininterval = mininterval
+        self.bar = enabled and interactive(self.stream)
+        self._tqdm: tqdm | None = None
+        self._key: tuple[str, int | None] | None = None
 
     def __call__(self, event: Progress) -> None:
         if not self.enabled:
             return
         if event.record is not None:
-            self._clear()
-            print(epoch_summary(event.record, event.epochs), file=self.lines, flush=True)
-        elif self.bar:
-            self._draw(
-                f"epoch {event.epoch + 1}/{event.epochs}",
-                event.step,
-                event.steps,
-                " ".join(f"{k} {v:.4f}" for k, v in event.losses.items()),
+            self.close()
+            line = epoch_summary(event.record, event.epochs)
+            print(line, file=self.lines, flush=True)
+            return
+        if not self.bar:
+            return
+        key = (event.phase, event.epoch)
+        bar = self._tqdm
+        if bar is None or key != self._key or event.done < bar.n:
+            self.close()
+            bar = self._tqdm = tqdm(
+                total=event.total,
+                desc=_label(event),
+                file=self.stream,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=self.mininterval,
             )
+            self._key = key
+        if event.total != bar.total:
+            bar.total = event.total
+        if event.values:
+            bar.set_postfix(_postfix(event.values), refresh=False)
+        bar.update(event.done - bar.n)
+        if event.epoch is None and event.total is not None and event.done >= event.total:
+            self.close()  # a pass without epochs ends with its last unit
 
-    def steps(self, label: str):
-        """A ``(done, total)`` callback drawing a bar labelled ``label``."""
-
-        def report(done: int, total: int | None) -> None:
-            if self.enabled and self.bar:
-                self._draw(label, done, total or done, "")
-                if total is not None and done == total:
-                    self._clear()
-
-        return report
-
-    def _draw(self, label: str, done: int, total: int, tail: str) -> None:
-        width = 30
-        filled = int(width * done / max(total, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(f"\r{label} [{bar}] {done}/{total} {tail}"[:160])
-        self.stream.flush()
-
-    def _clear(self) -> None:
-        if self.bar:
-            self.stream.write("\r\033[K")
+    def close(self) -> None:
+        """Remove the open bar, if any."""
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+            self._key = None

@@ -1,8 +1,12 @@
-"""Student-embedding projector used when student and teacher embedding dims differ."""
+"""Student-embedding projectors, used when student and teacher feature dims differ."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
+
+from ndkd.checks import check_count, check_fraction, check_positive
 
 
 class EmbeddingProjector(nn.Sequential):
@@ -10,21 +14,21 @@ class EmbeddingProjector(nn.Sequential):
 
     Applied to the student embedding before the ND loss only; the student's own classifier
     keeps the raw embedding. BN starts at weight 1, bias 0. The Linear keeps PyTorch's
-    default weight init with bias 0 (the CIFAR recipes), or with ``init_std`` draws weight
-    and bias from ``N(0, init_std)`` (the ImageNet recipes use 0.01).
+    default weight init with bias 0 (the public CIFAR code), or with ``init_std`` draws weight
+    and bias from ``N(0, init_std^2)`` (the public ImageNet code uses 0.01).
     """
 
     def __init__(
         self, in_dim: int, out_dim: int, dropout: float = 0.5, init_std: float | None = None
     ) -> None:
-        if in_dim < 1 or out_dim < 1:
-            raise ValueError(f"projector dims must be positive, found {in_dim} -> {out_dim}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), found {dropout}")
+        check_count("projector in_dim", in_dim)
+        check_count("projector out_dim", out_dim)
+        check_fraction("projector dropout", dropout)
         linear = nn.Linear(in_dim, out_dim)
         if init_std is None:
             nn.init.zeros_(linear.bias)
         else:
+            check_positive("projector init_std", init_std)
             nn.init.normal_(linear.weight, 0.0, init_std)
             nn.init.normal_(linear.bias, 0.0, init_std)
         super().__init__(nn.BatchNorm1d(in_dim), nn.Dropout(dropout), linear)
@@ -37,3 +41,14 @@ class EmbeddingProjector(nn.Sequential):
                 f"{tuple(embedding.shape)}"
             )
         return super().forward(embedding)
+
+
+def dim_projector(
+    in_dim: int, out_dim: int, layer: Callable[[int, int], nn.Module] = EmbeddingProjector
+) -> nn.Module:
+    """``layer(in_dim, out_dim)`` when the dims differ, else ``nn.Identity()``.
+
+    ``layer`` builds the trainable map (default: the paper's :class:`EmbeddingProjector` with
+    its defaults; e.g. ``nn.Linear`` for LSHFM's public code).
+    """
+    return nn.Identity() if in_dim == out_dim else layer(in_dim, out_dim)

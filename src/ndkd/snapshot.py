@@ -21,10 +21,10 @@ class ModelSnapshot:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._inner = copy.deepcopy(unwrap(model))
-        self._inner.requires_grad_(False)
+        # Copying an EmbeddingAdapter whole keeps the layer it captures the embedding from.
+        self._copy = with_embedding(copy.deepcopy(model)).requires_grad_(False)
+        self._inner = unwrap(self._copy)
         self._inner.train(model.training)
-        self._copy = with_embedding(self._inner)
 
     @torch.no_grad()
     def refresh(self, model: nn.Module) -> None:

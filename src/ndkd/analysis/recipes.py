@@ -1,9 +1,10 @@
 """Grouping runs by recipe: the runs of one recipe differ only in their seed.
 
 Two runs share a recipe when their resolved configs are equal after removing
-:data:`IGNORED_KEYS`: the seed, where the run was written, and settings that change where
-or how fast a run executes but not what it computes (device, data location, loader workers,
-the ``--fast`` switches ``data.resident``, ``train.channels_last``, ``train.compile``).
+:data:`IGNORED_KEYS`: the seed, the output-only keys (where and what the run writes:
+:data:`ndkd.config.OUTPUT_ONLY_KEYS`) and the speed-only keys (where or how fast a run
+executes but not what it computes: :data:`ndkd.config.SPEED_ONLY_KEYS`, e.g. device, data
+location, loader workers, the ``--fast`` switches).
 Everything else tells recipes apart, including ``train.amp`` (it changes the arithmetic),
 checkpoint and class-means paths, and ``train.eval_every`` (it decides the best epoch).
 
@@ -25,20 +26,11 @@ from pathlib import PurePath
 from typing import Any
 
 from ndkd.analysis.runs import Run
-from ndkd.config import RunConfig
+from ndkd.config import OUTPUT_ONLY_KEYS, SPEED_ONLY_KEYS, RunConfig
 
 log = logging.getLogger(__name__)
 
-IGNORED_KEYS = (
-    "seed",
-    "output_dir",
-    "device",
-    "data.root",
-    "data.num_workers",
-    "data.resident",
-    "train.channels_last",
-    "train.compile",
-)
+IGNORED_KEYS = ("seed", *OUTPUT_ONLY_KEYS, *SPEED_ONLY_KEYS)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 weights of its ``last.pt``) and its teacher, with the cosine of every embedding to the teacher
 class mean of its label (the config's ``centers.path``).
 
-Models and data come from :func:`ndkd.experiment.build` on the run's ``config.yaml``, so a
-run is rebuilt exactly as it trained. The cosine is absent for a model whose embedding dim
+Models and data are rebuilt from the run's ``config.yaml`` by the experiment layer's
+builders (student, teacher and data only: no method, no class-means pass), so a run is
+rebuilt exactly as it trained. The cosine is absent for a model whose embedding dim
 differs from the class means' dim (e.g. a student distilled through a projector) and for
 runs without a class-means file.
 """
@@ -25,8 +26,8 @@ from ndkd.analysis.runs import Run, RunReadError
 from ndkd.centers import ClassMeans
 from ndkd.config import RunConfig
 from ndkd.engine import LAST
-from ndkd.engine.checkpoint import load_checkpoint as load_run_checkpoint
-from ndkd.models import load_checkpoint
+from ndkd.experiment.data import RunData
+from ndkd.experiment.models import build_teacher
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def run_features(
             "(ndkd train writes it)"
         )
     config = _local_config(run.config, device, data_root)
-    features, labels, built = trained_student_embeddings(config, checkpoint)
+    features, labels, data, device = trained_student_embeddings(config, checkpoint)
     means = _class_means(config)
     student = feature_stats(features, labels, means)
     if student.cosines is None and means is not None:
@@ -100,7 +101,7 @@ def run_features(
             means.shape[1],
         )
     teacher = None
-    if built.teacher is not None:
+    if config.teacher.arch:
         key = (
             config.teacher.arch,
             config.teacher.checkpoint,
@@ -110,7 +111,8 @@ def run_features(
         )
         cache = {} if teachers is None else teachers
         if key not in cache:
-            embeddings = collect_embeddings(built.teacher, built.test_loader, built.device)
+            model = build_teacher(config.teacher, data.num_classes, data.in_channels, device)
+            embeddings = collect_embeddings(model, data.test_loader, device)
             cache[key] = TeacherFeatures(
                 config.teacher.arch,
                 config.teacher.checkpoint,
@@ -123,13 +125,14 @@ def run_features(
 
 def trained_student_embeddings(
     config: RunConfig, checkpoint: str | os.PathLike[str]
-) -> tuple[torch.Tensor, torch.Tensor, experiment.Experiment]:
+) -> tuple[torch.Tensor, torch.Tensor, RunData, torch.device]:
     """Test-set embeddings and labels of ``config``'s student with the weights of
-    ``checkpoint`` (a run's ``last.pt``), and the run as :func:`ndkd.experiment.build` made it."""
-    built = experiment.build(config, join_process_group=False)
-    load_checkpoint(built.student, load_run_checkpoint(checkpoint))
-    features, labels = collect_embeddings(built.student, built.test_loader, built.device)
-    return features, labels, built
+    ``checkpoint`` (a run's ``last.pt``), with the run's data and device."""
+    student, data, device, _ = experiment.trained_student(
+        config, checkpoint, join_process_group=False
+    )
+    features, labels = collect_embeddings(student, data.test_loader, device)
+    return features, labels, data, device
 
 
 def _local_config(config: RunConfig, device: str, data_root: str | None) -> RunConfig:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -14,6 +13,7 @@ from typing import Any
 
 from ndkd.config import ConfigError, RunConfig, load_config
 from ndkd.engine import METRICS
+from ndkd.engine.metrics import read_metrics_lines
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +129,12 @@ def read_run(path: str | os.PathLike[str]) -> Run:
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
     history: list[dict[str, Any]] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    try:
+        lines = read_metrics_lines(path)
+    except ValueError as error:
+        raise RunReadError(str(error)) from error
+    for number, record in lines:
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RunReadError(
-                f"{where}: not valid JSON ({error.msg}); expected one JSON object per epoch"
-            ) from error
         epoch = record.get("epoch") if isinstance(record, dict) else None
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
             raise RunReadError(f"{where}: expected a JSON object with a positive integer 'epoch'")

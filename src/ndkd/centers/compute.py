@@ -13,10 +13,9 @@ from ndkd.centers.store import ClassMeans
 from ndkd.checks import check_labels
 from ndkd.models.adapter import with_embedding
 from ndkd.models.output import ModelOutput
+from ndkd.progress import Progress, ProgressFn
 
 log = logging.getLogger(__name__)
-
-ProgressFn = Callable[[int, "int | None"], None]
 
 
 def class_means(
@@ -48,7 +47,8 @@ def class_means(
         metadata: facts to record (teacher, dataset, split, transform).
         autocast_dtype: run the forward under autocast in this dtype (e.g. ``torch.bfloat16``
             on a GPU); the accumulation stays in full precision.
-        progress: called after each batch with ``(batches_done, total_batches or None)``.
+        progress: called after each batch with ``Progress(phase="centers", done=batches_done,
+            total=total_batches)`` (``total`` is ``None`` for a loader without a length).
         feature: which feature to average, from the model's output (default: its
             ``embedding``); e.g. a pooled intermediate stage. Must be ``[B, D]``.
 
@@ -84,7 +84,7 @@ def class_means(
                 sums.index_add_(0, labels, emb.to(acc_dtype))
                 counts.index_add_(0, labels, torch.ones_like(labels))
                 if progress is not None:
-                    progress(step, total)
+                    progress(Progress(phase="centers", done=step, total=total))
     finally:
         model.train(was_training)
     if sums is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,14 @@ from safetensors.torch import load_file, save_file
 
 from ndkd.atomic import atomic_write
 
+log = logging.getLogger(__name__)
+
 FORMAT_TAG = "ndkd.class_means/1"
+SUFFIXES = (".safetensors", ".json")
+# Metadata that class_means records and that must agree with the tensors when present.
+_SIZES = ("num_classes", "feature_dim", "num_samples")
+# Metadata that describes where a loaded file came from, not the means themselves.
+_ORIGIN = ("path", "source")
 
 
 @dataclass
@@ -91,13 +99,42 @@ class ClassMeans:
         return self.means.to(device)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a safetensors file atomically (tensors ``means``/``counts``, string metadata)."""
+        """Write the means atomically, in the format named by the suffix of ``path``.
+
+        ``.safetensors``: tensors ``means``/``counts`` and string metadata (everything kept).
+        ``.json``: the public layout ``{"0": [D floats], ..., "C-1": [...]}`` read by
+        :func:`~ndkd.centers.official.load_official_json`; counts and metadata have no place
+        in it and are dropped (with a warning).
+
+        Raises:
+            ValueError: ``path`` is a folder, or its suffix is neither of the above.
+        """
+        path = check_output_path(path)
         self.validate(str(path))
+        if path.suffix.lower() == ".json":
+            return self._save_json(path)
         tensors = {"means": self.means.detach().float().cpu().contiguous()}
         if self.counts is not None:
             tensors["counts"] = self.counts.detach().long().cpu().contiguous()
-        meta = {"format": FORMAT_TAG, "metadata": json.dumps(self.metadata, sort_keys=True)}
+        facts = {str(key): str(value) for key, value in self.metadata.items()}
+        meta = {"format": FORMAT_TAG, "metadata": json.dumps(facts, sort_keys=True)}
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def _save_json(self, path: Path) -> Path:
+        dropped = [key for key in sorted(self.metadata) if key not in _ORIGIN]
+        if self.counts is not None:
+            dropped.insert(0, "per-class sample counts")
+        if dropped:
+            log.warning(
+                "%s: the public JSON layout holds only the means; not kept: %s "
+                "(write a .safetensors file to keep them)",
+                path,
+                ", ".join(dropped),
+            )
+        rows = self.means.detach().float().cpu().tolist()
+        payload = {str(k): row for k, row in enumerate(rows)}
+        text = json.dumps(payload)
+        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(
@@ -121,6 +158,8 @@ class ClassMeans:
 
     @classmethod
     def _load_safetensors(cls, path: Path) -> ClassMeans:
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; expected a class-means file")
         if not path.is_file():
             raise FileNotFoundError(f"class-means file not found: {path}")
         try:
@@ -136,9 +175,105 @@ class ClassMeans:
                 f"{path}: not an ndkd class-means file (format tag "
                 f"{header.get('format')!r}, expected {FORMAT_TAG!r})"
             )
-        metadata = json.loads(header.get("metadata", "{}"))
+        counts = tensors.get("counts")
+        if counts is not None and (counts.is_floating_point() or counts.is_complex()):
+            raise ValueError(f"{path}: 'counts' must be integers, found {counts.dtype}")
+        metadata = _read_metadata(header.get("metadata", "{}"), path)
+        means = cls(tensors["means"].float(), counts, metadata).validate(str(path))
+        _check_sizes(means, path)
         metadata["path"] = str(path)
-        return cls(tensors["means"].float(), tensors.get("counts"), metadata).validate(str(path))
+        return means
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`Path` if a class-means file may be written there.
+
+    Raises:
+        ValueError: ``path`` is an existing folder, or its suffix is not ``.safetensors``
+            or ``.json``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected a file path")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(
+            f"{path}: cannot tell the class-means format from the suffix "
+            f"{path.suffix or '(none)'!r}; expected {' or '.join(SUFFIXES)}"
+        )
+    return path
+
+
+def convert_centers(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    metadata: dict[str, str] | None = None,
+) -> ClassMeans:
+    """Read class means from ``src`` and write them to ``dst``, each in the format named by
+    its suffix (``.json``: the public layout; ``.safetensors``: ndkd's), adding ``metadata``.
+
+    Returns:
+        The means written (their ``metadata`` without the source path).
+
+    Raises:
+        FileNotFoundError: ``src`` does not exist.
+        ValueError: ``dst`` is ``src`` itself (it would overwrite its input), a folder, or has
+            an unknown suffix; ``src`` is unreadable (see :meth:`ClassMeans.load`).
+    """
+    src, dst = Path(src), check_output_path(dst)
+    if src.exists() and _same_file(src, dst):
+        raise ValueError(f"{dst} is the input file {src}; writing it would overwrite its input")
+    means = ClassMeans.load(src)
+    means.metadata.pop("path", None)
+    means.metadata.update(metadata or {})
+    means.save(dst)
+    log.info("converted %s to %s: %d classes x %d dims", src, dst, means.num_classes, means.dim)
+    return means
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _read_metadata(text: str, path: Path) -> dict[str, str]:
+    """The JSON object of string facts stored in a class-means file's header."""
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: metadata is not valid JSON ({error.msg})") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(
+            f"{path}: metadata must be a JSON object of strings, found {type(metadata).__name__}"
+        )
+    bad = sorted(key for key, value in metadata.items() if not isinstance(value, str))
+    if bad:
+        raise ValueError(f"{path}: metadata values must be strings; not so for {bad[:10]}")
+    return metadata
+
+
+def _check_sizes(means: ClassMeans, path: Path) -> None:
+    """Metadata sizes recorded by :func:`class_means` must agree with the tensors."""
+    actual = {"num_classes": means.num_classes, "feature_dim": means.dim}
+    if means.counts is not None:
+        actual["num_samples"] = int(means.counts.sum())
+    for key in _SIZES:
+        if key not in means.metadata:
+            continue
+        text = means.metadata[key]
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(
+                f"{path}: metadata {key!r} must be an integer, found {text!r}"
+            ) from None
+        if key in actual and value != actual[key]:
+            raise ValueError(
+                f"{path}: metadata {key!r} is {value} but the stored tensors have {actual[key]}"
+            )
 
 
 def _first(items: list[int], limit: int = 10) -> str:

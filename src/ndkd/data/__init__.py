@@ -12,26 +12,30 @@ from ndkd.data.augment import (
     draw_crop_flip,
     normalize,
 )
+from ndkd.data.catalog import dataset_names
 from ndkd.data.cifar import read_cifar
-from ndkd.data.datasets import DATASETS, ImageTensorDataset, build_dataset
+from ndkd.data.datasets import ImageTensorDataset, build_dataset
 from ndkd.data.digit_pairs import read_digit_pairs
 from ndkd.data.digits import read_digits
 from ndkd.data.loader import InMemoryLoader
+from ndkd.data.sources import Splits, load_splits
 
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
-    "DATASETS",
     "BatchTransform",
     "CropFlipParams",
     "ImageTensorDataset",
     "InMemoryLoader",
+    "Splits",
     "build_dataset",
     "cifar_transform",
+    "dataset_names",
     "crop_flip",
     "draw_crop_flip",
+    "load_splits",
     "normalize",
     "read_cifar",
     "read_digit_pairs",

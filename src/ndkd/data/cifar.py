@@ -10,6 +10,9 @@ Expected layout under ``root`` (as distributed at https://www.cs.toronto.edu/~kr
 ``uint8`` array ``[N, 3072]`` (per image: the 1024 red values in row-major order, then
 green, then blue) and the labels (``labels`` for CIFAR-10, ``fine_labels`` for CIFAR-100).
 Files are unpickled with a restricted unpickler that only builds NumPy arrays.
+
+Any number of images is read (subsets and data of one's own in the CIFAR format); a split
+whose size differs from the standard one (:func:`standard_size`) is logged as a warning.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class CifarSpec:
     folder: str
     archive: str
     files: dict[str, tuple[str, ...]]
-    counts: dict[str, int]
+    counts: dict[str, int]  # the standard number of images of each split
     label_key: str
     num_classes: int
 
@@ -74,6 +77,23 @@ SPECS = {
 }
 
 
+def standard_size(name: str, split: str) -> int:
+    """The number of images in the standard ``split`` of CIFAR variant ``name``.
+
+    Raises:
+        ValueError: unknown ``name`` or ``split``.
+    """
+    _check_name(name, split)
+    return SPECS[name].counts[split]
+
+
+def _check_name(name: str, split: str) -> None:
+    if name not in SPECS:
+        raise ValueError(f"unknown CIFAR variant {name!r}; expected one of {sorted(SPECS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} for {name}; expected one of {SPLITS}")
+
+
 def read_cifar(
     name: str, root: str | os.PathLike[str], split: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,26 +103,32 @@ def read_cifar(
         ``images``: ``uint8`` tensor ``[N, 3, 32, 32]`` (RGB, the files' channel order);
         ``labels``: ``int64`` tensor ``[N]``.
 
+    Any number of images is accepted; a count other than :func:`standard_size` is logged
+    as a warning.
+
     Raises:
         FileNotFoundError: neither the folder files nor the archive exist (names the paths
             and the expected layout).
-        ValueError: unknown ``name``/``split``, or a file is truncated, corrupt, or holds the
-            wrong number of images or out-of-range labels (names the file, expected vs found).
+        ValueError: unknown ``name``/``split``, or a file is truncated, corrupt, holds no
+            images, rows of the wrong length or out-of-range labels (names the file,
+            expected vs found).
     """
-    if name not in SPECS:
-        raise ValueError(f"unknown CIFAR variant {name!r}; expected one of {sorted(SPECS)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} for {name}; expected one of {SPLITS}")
+    _check_name(name, split)
     spec, root = SPECS[name], Path(root)
     files = _read_files(spec, root, split)
-    chunks = [_check_batch(spec, path, payload) for path, payload in files]
+    chunks = [_check_batch(spec, path, payload, split) for path, payload in files]
     images = np.concatenate([c[0] for c in chunks])
     labels = np.concatenate([c[1] for c in chunks])
     expected = spec.counts[split]
     if len(images) != expected:
-        where = ", ".join(path for path, _ in files)
-        raise ValueError(
-            f"{name} {split} split at {where}: expected {expected} images, found {len(images)}"
+        logger.warning(
+            "%s %s split at %s: %d images, not the standard %d (a subset or other data "
+            "in the CIFAR format)",
+            name,
+            split,
+            ", ".join(path for path, _ in files),
+            len(images),
+            expected,
         )
     logger.debug("read %d %s %s images from %s", len(images), name, split, root)
     return torch.from_numpy(images.reshape(-1, *IMAGE_SHAPE)), torch.from_numpy(labels)
@@ -138,7 +164,9 @@ def _read_files(spec: CifarSpec, root: Path, split: str) -> list[tuple[str, byte
     return [(f"{archive}:{spec.folder}/{f}", found[f"{spec.folder}/{f}"]) for f in names]
 
 
-def _check_batch(spec: CifarSpec, path: str, payload: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _check_batch(
+    spec: CifarSpec, path: str, payload: bytes, split: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Unpickle one batch file and validate its arrays."""
     try:
         batch = _NumpyOnlyUnpickler(io.BytesIO(payload), encoding="latin1").load()
@@ -151,8 +179,18 @@ def _check_batch(spec: CifarSpec, path: str, payload: bytes) -> tuple[np.ndarray
         if key not in batch:
             raise ValueError(f"{path}: expected key {key!r}, found keys {sorted(batch)}")
     data = np.asarray(batch["data"])
-    labels = np.asarray(batch[spec.label_key], dtype=np.int64)
     pixels = int(np.prod(IMAGE_SHAPE))
+    if data.size == 0:
+        raise ValueError(
+            f"{path}: empty {split} split file: 'data' holds no images; expected uint8 "
+            f"[N, {pixels}] with N >= 1"
+        )
+    try:
+        labels = np.asarray(batch[spec.label_key], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(
+            f"{path}: expected {spec.label_key!r} as a list of integers ({error})"
+        ) from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
         raise ValueError(
             f"{path}: expected 'data' as uint8 [N, {pixels}], found {data.dtype} {list(data.shape)}"
@@ -177,6 +215,14 @@ _FROMBUFFER = np.zeros(0).__reduce_ex__(5)[0]
 _CORES = ("numpy.core", "numpy._core")
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``: how protocol-2 pickles written by Python 3 spell ``b""`` (the buffer of an
+    empty array). Any argument is refused (``bytes(n)`` would allocate n bytes)."""
+    if args:
+        raise pickle.UnpicklingError("refusing bytes(...) with arguments in a CIFAR file")
+    return b""
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that can rebuild NumPy arrays and nothing else (no arbitrary code)."""
 
@@ -184,6 +230,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
+        **{(module, "bytes"): _empty_bytes for module in ("builtins", "__builtin__")},
         **{(f"{core}.multiarray", "_reconstruct"): _RECONSTRUCT for core in _CORES},
         **{(f"{core}.numeric", "_frombuffer"): _FROMBUFFER for core in _CORES},
     }

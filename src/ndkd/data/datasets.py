@@ -8,15 +8,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ndkd.data.augment import BatchTransform
+from ndkd.data.catalog import dataset_names
 from ndkd.data.cifar import SPECS, read_cifar
 from ndkd.data.digit_pairs import NUM_CLASSES as PAIRS_CLASSES
 from ndkd.data.digit_pairs import read_digit_pairs
 from ndkd.data.digits import NUM_CLASSES as DIGITS_CLASSES
 from ndkd.data.digits import read_digits
-
-DATASETS = ("cifar10", "cifar100", "digits", "digit_pairs")
-BUNDLED = ("digits", "digit_pairs")
-"""Datasets built from data shipped with a dependency (scikit-learn): no ``root``."""
 
 
 class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -60,7 +57,7 @@ def build_dataset(
     split: str = "train",
     transform: BatchTransform | None = None,
 ) -> ImageTensorDataset:
-    """Load dataset ``name`` (one of :data:`DATASETS`) split ``split``.
+    """Load dataset ``name`` (one of :func:`~ndkd.data.catalog.dataset_names`) split ``split``.
 
     CIFAR images are ``uint8`` ``[3, 32, 32]`` read from the standard python-pickle files
     under ``root`` (see :mod:`ndkd.data.cifar`); digits are ``float32`` ``[1, 8, 8]`` from
@@ -78,7 +75,7 @@ def build_dataset(
         images, labels = read_digit_pairs(split)
         return ImageTensorDataset(images, labels, PAIRS_CLASSES, transform)
     if name not in SPECS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
     if root is None:
         raise ValueError(f"{name} needs root: the folder holding {SPECS[name].folder}/")
     images, labels = read_cifar(name, root, split)

@@ -25,8 +25,9 @@ from ndkd.analysis.features import FeatureStats, feature_stats
 from ndkd.analysis.run_features import trained_student_embeddings
 from ndkd.centers import ClassMeans
 from ndkd.config import RunConfig, from_dict
-from ndkd.engine import LAST, Progress
+from ndkd.engine import LAST
 from ndkd.models import create_model
+from ndkd.progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,13 @@ class DemoResult:
 def run_demo(
     settings: DemoSettings,
     phase: Callable[[str], None] | None = None,
-    progress: Callable[[Progress], None] | None = None,
-    centers_progress: Callable[[int, int | None], None] | None = None,
+    progress: ProgressFn | None = None,
     step_progress: bool = False,
 ) -> DemoResult:
     """Train and evaluate everything; run folders go to ``settings.output / "runs"``.
 
     ``phase`` receives one line per step of the plan, ``progress`` the trainer's reports
-    (every epoch, and within epochs when ``step_progress``), ``centers_progress`` the class
-    means pass's batches.
+    (every epoch, and within epochs when ``step_progress``) and the class-means pass's.
 
     Raises:
         experiment.RunFolderError: ``settings.output`` already holds demo runs.
@@ -111,7 +110,7 @@ def run_demo(
     announce(f"[2/{steps}] teacher class means over the training set")
     experiment.compute_centers(
         _config(settings, runs / "teacher", 0, settings.teacher, [CE], teacher, centers_path),
-        progress=centers_progress,
+        progress=progress,
     )
     centers = ClassMeans.load(centers_path)
     teacher_result = _evaluate(teacher_config, 0, history[-1]["test_top1"], centers)
@@ -170,7 +169,7 @@ def _config(
 
 def _evaluate(config: RunConfig, seed: int, accuracy: float, centers: ClassMeans) -> ModelResult:
     """The run's test-set embeddings (from its ``last.pt``) and their statistics."""
-    features, labels, _ = trained_student_embeddings(config, Path(config.output_dir) / LAST)
+    features, labels, _, _ = trained_student_embeddings(config, Path(config.output_dir) / LAST)
     stats = feature_stats(features, labels, centers.means)
     return ModelResult(seed, accuracy, stats, (features, labels))
 

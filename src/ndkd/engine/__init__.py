@@ -1,19 +1,12 @@
-"""The training engine: one loop for every method, checkpoints, schedules, distribution."""
+"""The training engine: one loop for every task and method, checkpoints, schedules,
+distribution."""
 
 from ndkd.engine.checkpoint import load_checkpoint, save_checkpoint
 from ndkd.engine.distributed import DistInfo, init_distributed, read_env
-from ndkd.engine.metrics import MetricsLog, read_metrics, topk_correct
+from ndkd.engine.metrics import MetricsLog, read_metrics
 from ndkd.engine.schedule import lr_factor
-from ndkd.engine.trainer import (
-    BEST,
-    LAST,
-    METRICS,
-    LoopSettings,
-    NonFiniteLossError,
-    Progress,
-    Trainer,
-    evaluate_model,
-)
+from ndkd.engine.settings import LoopSettings
+from ndkd.engine.trainer import BEST, LAST, METRICS, NonFiniteLossError, Trainer
 
 __all__ = [
     "BEST",
@@ -23,14 +16,11 @@ __all__ = [
     "LoopSettings",
     "MetricsLog",
     "NonFiniteLossError",
-    "Progress",
     "Trainer",
-    "evaluate_model",
     "init_distributed",
     "load_checkpoint",
     "lr_factor",
     "read_env",
     "read_metrics",
     "save_checkpoint",
-    "topk_correct",
 ]

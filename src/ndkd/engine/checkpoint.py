@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ndkd.atomic import atomic_write
+from ndkd.models.checkpoint import read_torch_file
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
@@ -20,14 +21,21 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is empty, truncated, corrupt, holds Python objects, or is not a
+            dict; one line naming the file (see :func:`ndkd.models.checkpoint.read_torch_file`).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a corrupt file
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
+    state = read_torch_file(path, "run checkpoint")
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"run checkpoint {path}: holds a {type(state).__name__}, not the dict that "
+            "ndkd train writes"
+        )
+    return state
 
 
 def rng_state() -> dict[str, Any]:

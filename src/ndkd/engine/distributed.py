@@ -61,29 +61,3 @@ def init_distributed(device: torch.device) -> DistInfo:
     dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
     log.info("process group: rank %d of %d (%s)", info.rank, info.world_size, backend)
     return info
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over processes in place (identity without a process group)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def broadcast_object(value: object) -> object:
-    """Rank 0's ``value`` on every rank (identity without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ndkd.atomic import atomic_write
 
-
-def topk_correct(
-    logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
-) -> torch.Tensor:
-    """Number of samples whose label is among the top-k logits, for each k (a device tensor;
-    k is capped at the class count)."""
-    k_max = min(max(ks), logits.shape[1])
-    top = logits.topk(k_max, dim=1).indices
-    hits = top.eq(labels.unsqueeze(1))
-    return torch.stack([hits[:, : min(k, k_max)].any(dim=1).sum() for k in ks])
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -45,6 +35,65 @@ class MetricsLog:
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` file."""
-    lines = Path(path).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    """Records of a ``metrics.jsonl`` file; see :func:`read_metrics_lines`."""
+    return [record for _, record in read_metrics_lines(path)]
+
+
+def read_metrics_lines(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` for each JSON object of a ``metrics.jsonl`` file (blank
+    lines skipped; numbers are 1-based, for messages about a record).
+
+    A last line cut short (no final newline, the start of a record: what a crash in the
+    middle of :meth:`MetricsLog.append` leaves) is ignored with a warning.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is a folder, or a line is not UTF-8 text holding a JSON object;
+            names the file and the line number.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected a metrics.jsonl file")
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    lines = path.read_bytes().split(b"\n")
+    records: list[tuple[int, dict[str, Any]]] = []
+    for number, raw in enumerate(lines, start=1):
+        last = number == len(lines)  # the bytes after the final newline, if any
+        line = _decode(raw, last, f"{path}, line {number}")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if last and line.lstrip().startswith("{"):
+                log.warning(
+                    "%s, line %d: ignoring an incomplete last record (%d bytes, no final "
+                    "newline), as an interrupted write leaves it",
+                    path,
+                    number,
+                    len(raw),
+                )
+                continue
+            raise ValueError(
+                f"{path}, line {number}: not valid JSON ({error.msg}); expected one JSON "
+                "object per epoch (one per line)"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{path}, line {number}: expected a JSON object, found {type(record).__name__}"
+            )
+        records.append((number, record))
+    return records
+
+
+def _decode(raw: bytes, last: bool, where: str) -> str:
+    """UTF-8 text of one line; a last line may end inside a character (cut short)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if last and error.reason == "unexpected end of data":
+            return raw[: error.start].decode("utf-8", errors="replace")
+        raise ValueError(
+            f"{where}: not UTF-8 text; expected one JSON object per epoch (binary or corrupt file)"
+        ) from None

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ndkd.checks import check_matrix, promote
+from ndkd.checks import check_count, check_matrix, promote
 
 NCE_EPS = 1e-7
 
@@ -42,8 +42,7 @@ def crd_nce_loss(
             f"logits must be [batch, 1 + negatives] with at least one negative, "
             f"found shape {tuple(logits.shape)}"
         )
-    if dataset_size < 1:
-        raise ValueError(f"dataset_size must be positive, found {dataset_size}")
+    check_count("dataset_size", dataset_size)
     x = promote(logits)
     noise = (x.shape[1] - 1) / dataset_size
     log_p = x - torch.log(torch.as_tensor(normalizer, dtype=x.dtype, device=x.device))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ndkd.checks import check_feature_dim, check_labels, check_matrix, promote
+from ndkd.checks import check_feature_dim, check_labels, check_matrix, check_positive, promote
 from ndkd.losses.nd import EPS
 from ndkd.losses.reduction import Reduction, reduce_per_sample
 
@@ -56,8 +56,7 @@ def infonce_direction_loss(
     ``l_i = -log softmax_j(cos(s_i, c_j) / tau)[y_i]`` over all C class means; the paper uses
     ``tau = 1`` (the default). Reductions as in :func:`cosine_direction_loss`.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, found {temperature}")
+    check_positive("temperature", temperature)
     s, c, labels = _cosine_to_centers(student_emb, labels, centers)
     logits = (s @ c.t()) / temperature
     per_sample = F.cross_entropy(logits, labels, reduction="none")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ndkd.checks import check_logit_pair, promote
+from ndkd.checks import check_logit_pair, check_non_negative, promote
 
 
 def dist_loss(
@@ -29,8 +29,8 @@ def dist_loss(
     samples of the batch, so there is no per-sample reduction: the result is a scalar. The
     teacher logits are constants.
     """
-    if beta < 0 or gamma < 0:
-        raise ValueError(f"beta and gamma must be non-negative, found {beta} and {gamma}")
+    check_non_negative("beta", beta)
+    check_non_negative("gamma", gamma)
     check_logit_pair(student_logits, teacher_logits, temperature)
     p_s = torch.softmax(promote(student_logits) / temperature, dim=1)
     t = promote(teacher_logits.detach()).to(p_s.dtype)

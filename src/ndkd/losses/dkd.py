@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ndkd.checks import check_labels, check_logit_pair, promote
+from ndkd.checks import check_labels, check_logit_pair, check_non_negative, promote
 from ndkd.losses.reduction import Reduction, reduce_per_sample
 
 
@@ -33,8 +33,8 @@ def dkd_loss(
     logits are constants. ``reduction``: ``"batch"`` (mean, as the public code), ``"class"``
     (class-balanced) or ``"none"`` (``[B]``).
     """
-    if alpha < 0 or beta < 0:
-        raise ValueError(f"alpha and beta must be non-negative, found {alpha} and {beta}")
+    check_non_negative("alpha", alpha)
+    check_non_negative("beta", beta)
     check_logit_pair(student_logits, teacher_logits, temperature)
     batch, num_classes = student_logits.shape
     if num_classes < 2:

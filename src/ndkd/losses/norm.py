@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ndkd.checks import check_labels, check_matrix, check_same_shape, promote
+from ndkd.checks import check_labels, check_matrix, check_positive, check_same_shape, promote
 from ndkd.losses.reduction import Reduction, reduce_per_sample
 
 
@@ -46,6 +46,7 @@ def sifn_loss(
     as AFN's reference implementation does. The earlier features are constants. Eq. 4
     averages over samples: ``reduction`` is ``"batch"`` or ``"none"``.
     """
+    check_positive("step", step)
     check_matrix("student_emb", student_emb)
     s = promote(student_emb)
     if previous_emb is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ndkd.checks import check_same_batch, promote
+from ndkd.checks import check_positive, check_same_batch, promote
 
 PKT_EPS = 1e-7
 
@@ -22,6 +22,7 @@ def pkt_loss(
     ``eps = 1e-7`` as there. Student and teacher dims may differ; the
     teacher features are constants.
     """
+    check_positive("eps", eps)
     check_same_batch("student_emb", student_emb, "teacher_emb", teacher_emb)
     s = promote(student_emb)
     t = promote(teacher_emb.detach()).to(s.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ndkd.checks import check_same_batch, promote
+from ndkd.checks import check_non_negative, check_same_batch, promote
 from ndkd.losses.nd import EPS
 
 
@@ -32,6 +32,8 @@ def rkd_loss(
     teacher features are constants. Memory: ``O(B^2 D)`` for the pairwise differences,
     ``O(B^3)`` for the angles.
     """
+    check_non_negative("distance_weight", distance_weight)
+    check_non_negative("angle_weight", angle_weight)
     check_same_batch("student_emb", student_emb, "teacher_emb", teacher_emb)
     s = promote(student_emb)
     t = promote(teacher_emb.detach()).to(s.dtype)

@@ -51,6 +51,8 @@ class BuildContext:
     teacher's class means of any feature ``select(output) -> [B, D]`` over the training set
     (one teacher pass), for terms that need means of a layer other than the embedding.
     ``probe_images`` is the (transformed) batch the probes were computed on.
+    ``centers`` are the class means of the file ``centers_path`` (``None`` when no such file
+    exists: only the terms that read them refuse to build then).
     """
 
     num_classes: int
@@ -62,6 +64,7 @@ class BuildContext:
     teacher: nn.Module | None = None
     teacher_class_means: Callable[[FeatureSelector], ClassMeans] | None = None
     probe_images: torch.Tensor | None = None
+    centers_path: str | None = None
 
 
 class Term(nn.Module):

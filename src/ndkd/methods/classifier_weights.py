@@ -3,26 +3,16 @@ student's classifier weights (Table 5 "L2 of cls weights")."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ndkd.methods.base import BuildContext, StepOutputs, Term
 from ndkd.methods.registry import register
-from ndkd.models.adapter import unwrap
-
-
-def classifier_of(model: nn.Module) -> nn.Linear:
-    """The final ``nn.Linear`` of ``model``: ``get_classifier()`` of an ndkd model, else
-    (a model ndkd never saw) the last ``nn.Linear`` it registers."""
-    model = unwrap(model)
-    getter = getattr(model, "get_classifier", None)
-    if callable(getter):
-        return getter()
-    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
-    return linears[-1]
+from ndkd.models.adapter import final_linear
+from ndkd.projector import dim_projector
 
 
 def teacher_classifier_weight(context: BuildContext, term: str) -> torch.Tensor:
@@ -30,7 +20,7 @@ def teacher_classifier_weight(context: BuildContext, term: str) -> torch.Tensor:
     against the class count and the teacher's probed embedding dim."""
     if context.teacher is None:
         raise ValueError(f"{term}: reads the teacher's classifier weights; set teacher.arch")
-    weight = classifier_of(context.teacher).weight.detach().float().clone()
+    weight = final_linear(context.teacher)[1].weight.detach().float().clone()
     if weight.shape[0] != context.num_classes:
         raise ValueError(
             f"{term}: the teacher classifier has {weight.shape[0]} classes, expected "
@@ -64,7 +54,7 @@ class ClassifierL2Term(Term):
         if context.student is None:
             raise ValueError("classifier_l2: needs the student model (BuildContext.student)")
         target = teacher_classifier_weight(context, "classifier_l2")
-        student = classifier_of(context.student)
+        _, student = final_linear(context.student)
         if student.weight.shape[0] != target.shape[0]:
             raise ValueError(
                 f"classifier_l2: the student has {student.weight.shape[0]} classes but the "
@@ -73,10 +63,9 @@ class ClassifierL2Term(Term):
         self.register_buffer("teacher_weight", target)
         # In a tuple so nn.Module does not register the student's layer as this term's own.
         self._student_classifier = (student,)
-        student_dim, teacher_dim = student.weight.shape[1], target.shape[1]
-        self.projector: nn.Module = nn.Identity()
-        if student_dim != teacher_dim:
-            self.projector = nn.Linear(student_dim, teacher_dim, bias=False)
+        self.projector = dim_projector(
+            student.weight.shape[1], target.shape[1], partial(nn.Linear, bias=False)
+        )
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
         projected = self.projector(self._student_classifier[0].weight).float()

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ndkd.checks import promote
+from ndkd.checks import check_count, check_fraction, check_positive, promote
 from ndkd.losses.crd import crd_nce_loss, crd_normalizer
 from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
 from ndkd.methods.registry import register
@@ -57,15 +57,10 @@ class CRDTerm(Term):
         size = context.dataset_size
         if size < 2:
             raise ValueError(f"crd: needs a training set of at least 2 samples, found {size}")
-        if feat_dim < 1 or negatives < 1:
-            raise ValueError(
-                f"crd: feat_dim and negatives must be positive, found {feat_dim} and {negatives}"
-            )
-        if temperature <= 0 or not 0.0 <= momentum < 1.0:
-            raise ValueError(
-                "crd: temperature must be positive and momentum in [0, 1), found "
-                f"{temperature} and {momentum}"
-            )
+        check_count("crd: feat_dim", feat_dim)
+        check_count("crd: negatives", negatives)
+        check_positive("crd: temperature", temperature)
+        check_fraction("crd: momentum", momentum)
         self.student_head = nn.Linear(context.student_probe.embedding.shape[1], feat_dim)
         self.teacher_head = nn.Linear(context.teacher_probe.embedding.shape[1], feat_dim)
         self.dataset_size = size

@@ -3,13 +3,16 @@ penultimate embedding pulled towards the direction of its class's teacher mean."
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from functools import partial
 
+import torch
+
+from ndkd.checks import check_positive
 from ndkd.losses.direction import cosine_direction_loss, infonce_direction_loss
 from ndkd.methods.base import BuildContext, StepOutputs, Term
-from ndkd.methods.nd import embedding_class_means, student_projector
+from ndkd.methods.nd import embedding_class_means
 from ndkd.methods.registry import register
+from ndkd.projector import EmbeddingProjector, dim_projector
 
 DIRECTION_REDUCTIONS = ("batch", "class")
 
@@ -31,8 +34,11 @@ class _CenterDirectionTerm(Term):
         means = embedding_class_means(context, name).validate()
         self.register_buffer("centers", means.means.detach().float().clone())
         self.reduction = reduction
-        student_dim = context.student_probe.embedding.shape[1]
-        self.projector: nn.Module = student_projector(student_dim, means.dim, projector_dropout)
+        self.projector = dim_projector(
+            context.student_probe.embedding.shape[1],
+            means.dim,
+            partial(EmbeddingProjector, dropout=projector_dropout),
+        )
 
 
 @register("cosine")
@@ -66,8 +72,7 @@ class InfoNCETerm(_CenterDirectionTerm):
         projector_dropout: float = 0.5,
     ) -> None:
         super().__init__(context, "infonce", reduction, projector_dropout)
-        if temperature <= 0:
-            raise ValueError(f"infonce: temperature must be positive, found {temperature}")
+        check_positive("infonce: temperature", temperature)
         self.temperature = temperature
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:

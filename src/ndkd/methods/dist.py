@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ndkd.checks import check_non_negative, check_positive
 from ndkd.losses.dist import dist_loss
 from ndkd.methods.base import (
     BuildContext,
@@ -31,10 +32,9 @@ class DISTTerm(Term):
         temperature: float = 4.0,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"dist: temperature must be positive, found {temperature}")
-        if beta < 0 or gamma < 0:
-            raise ValueError(f"dist: beta and gamma must be non-negative, found {beta}, {gamma}")
+        check_positive("dist: temperature", temperature)
+        check_non_negative("dist: beta", beta)
+        check_non_negative("dist: gamma", gamma)
         check_same_classes("dist", context)
         self.beta, self.gamma, self.temperature = beta, gamma, temperature
 

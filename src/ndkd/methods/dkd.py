@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ndkd.checks import check_non_negative, check_positive
 from ndkd.losses.dkd import dkd_loss
 from ndkd.methods.base import (
     BuildContext,
@@ -30,10 +31,9 @@ class DKDTerm(Term):
         temperature: float = 4.0,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"dkd: temperature must be positive, found {temperature}")
-        if alpha < 0 or beta < 0:
-            raise ValueError(f"dkd: alpha and beta must be non-negative, found {alpha}, {beta}")
+        check_positive("dkd: temperature", temperature)
+        check_non_negative("dkd: alpha", alpha)
+        check_non_negative("dkd: beta", beta)
         check_same_classes("dkd", context)
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ndkd.checks import check_fraction, check_positive
 from ndkd.losses.kd import kd_loss
 from ndkd.methods.base import (
     BuildContext,
@@ -22,8 +23,7 @@ class CrossEntropyTerm(Term):
 
     def __init__(self, context: BuildContext, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), found {label_smoothing}")
+        check_fraction("ce: label_smoothing", label_smoothing)
         self.label_smoothing = label_smoothing
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
@@ -40,8 +40,7 @@ class KDTerm(Term):
 
     def __init__(self, context: BuildContext, temperature: float = 4.0) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, found {temperature}")
+        check_positive("kd: temperature", temperature)
         check_same_classes("kd", context)
         self.temperature = temperature
 

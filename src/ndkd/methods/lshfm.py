@@ -7,9 +7,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ndkd.checks import check_count, check_positive
 from ndkd.losses.lshfm import lshfm_loss
 from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
 from ndkd.methods.registry import register
+from ndkd.models.adapter import final_linear
+from ndkd.projector import dim_projector
 
 HASH_FUNCTIONS_PER_DIM = 32  # the public CIFAR code's default N = 32 D
 
@@ -59,18 +62,14 @@ class LSHFMTerm(Term):
         teacher_dim = context.teacher_probe.embedding.shape[1]
         student_dim = context.student_probe.embedding.shape[1]
         count = HASH_FUNCTIONS_PER_DIM * teacher_dim if hash_functions is None else hash_functions
+        check_count("lshfm: hash_functions", count)
         std = _classifier_std(context) if hash_std is None else hash_std
-        if count < 1 or std <= 0:
-            raise ValueError(
-                f"lshfm: hash_functions and hash_std must be positive, found {count} and {std}"
-            )
+        check_positive("lshfm: hash_std", std)
         weight = torch.randn(count, teacher_dim) * std
         self.register_buffer("hash_weight", weight)
         offsets = _mean_bias(context, weight) if bias == "mean" else torch.zeros(count)
         self.register_buffer("hash_bias", offsets)
-        self.projector = (
-            nn.Linear(student_dim, teacher_dim) if student_dim != teacher_dim else nn.Identity()
-        )
+        self.projector = dim_projector(student_dim, teacher_dim, nn.Linear)
         self.with_l2 = with_l2
         self.teacher_correct_only = teacher_correct_only
 
@@ -91,13 +90,12 @@ class LSHFMTerm(Term):
 
 def _classifier_std(context: BuildContext) -> float:
     """Std of the teacher classifier's weights (the default hyperplane std)."""
-    get_classifier = getattr(context.teacher, "get_classifier", None)
-    if get_classifier is None:
+    if context.teacher is None:
         raise ValueError(
             "lshfm: hash_std defaults to the std of the teacher classifier's weights, but the "
             "teacher model is not available here; set hash_std"
         )
-    return float(get_classifier().weight.detach().float().std())
+    return float(final_linear(context.teacher)[1].weight.detach().float().std())
 
 
 def _mean_bias(context: BuildContext, weight: torch.Tensor) -> torch.Tensor:

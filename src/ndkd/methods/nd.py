@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import nn
 
 from ndkd.centers.store import ClassMeans
+from ndkd.checks import check_count
 from ndkd.losses.reduction import Reduction
 from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
 from ndkd.methods.classifier_weights import teacher_classifier_weight
 from ndkd.methods.registry import register
 from ndkd.models.output import ModelOutput
 from ndkd.nd_module import NDLoss
-from ndkd.projector import EmbeddingProjector
 
 CenterSource = Literal["class_means", "classifier_weights"]
 
@@ -24,23 +25,20 @@ def embedding_class_means(context: BuildContext, term: str) -> ClassMeans:
     """The teacher class means of ``centers.path``, checked against the class count and the
     teacher's probed embedding dim."""
     if context.centers is None:
+        where = (
+            f"centers.path {context.centers_path!r} does not exist"
+            if context.centers_path
+            else "centers.path is not set"
+        )
         raise ValueError(
-            f"{term}: needs teacher class means; set centers.path "
-            "(write them with `ndkd centers -c CONFIG`)"
+            f"{term}: needs teacher class means, but {where}; compute them first: "
+            "ndkd centers -c CONFIG"
         )
     if context.teacher_probe is not None:
         context.centers.check_compatible(
             context.num_classes, context.teacher_probe.embedding.shape[1], "the teacher"
         )
     return context.centers
-
-
-def student_projector(student_dim: int, target_dim: int, dropout: float) -> nn.Module:
-    """The paper's :class:`EmbeddingProjector` from the student's dim to the teacher's when
-    they differ (as :class:`NDLoss` builds it), else the identity."""
-    if student_dim == target_dim:
-        return nn.Identity()
-    return EmbeddingProjector(student_dim, target_dim, dropout)
 
 
 def pooled_stage(output: ModelOutput, depth: int) -> torch.Tensor:
@@ -69,8 +67,12 @@ class NDTerm(Term):
     one weight applies to all of them.
 
     Wherever the student's dim differs from the centers' dim, the student feature passes
-    through the BN -> Dropout -> Linear projector of the paper's code (trained with the
-    student, saved in checkpoints); the student classifier keeps the raw embedding.
+    through the BN -> Dropout -> Linear projector of the paper's code
+    (:class:`ndkd.projector.EmbeddingProjector`, trained with the student, saved in
+    checkpoints); the student classifier keeps the raw embedding. ``projector_dropout`` is
+    its dropout; ``projector_init_std``: ``None`` keeps PyTorch's default init of its Linear
+    (bias 0), as the public CIFAR code; a float draws the Linear's weight and bias from
+    ``N(0, std^2)``, as the public ImageNet code (0.01).
     """
 
     requires_teacher = True
@@ -83,6 +85,7 @@ class NDTerm(Term):
         projector_dropout: float = 0.5,
         centers: CenterSource = "class_means",
         layers: int = 0,
+        projector_init_std: float | None = None,
     ) -> None:
         super().__init__()
         if centers == "class_means":
@@ -94,15 +97,19 @@ class NDTerm(Term):
             raise ValueError(
                 f"nd: centers must be 'class_means' or 'classifier_weights', found {centers!r}"
             )
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
-            raise ValueError(f"nd: layers must be a non-negative integer, found {layers!r}")
+        check_count("nd: layers", layers, minimum=0)
         if layers and centers != "class_means":
             raise ValueError("nd: layers > 0 needs centers: class_means (no weights per layer)")
-        student_dim = context.student_probe.embedding.shape[1]
-        self.loss = NDLoss(means, student_dim, reduction, projector_dropout)
+        loss = partial(
+            NDLoss,
+            reduction=reduction,
+            projector_dropout=projector_dropout,
+            projector_init_std=projector_init_std,
+        )
+        self.loss = loss(means, context.student_probe.embedding.shape[1])
         self.layers = nn.ModuleList(
-            NDLoss(layer_means, student_dims, reduction, projector_dropout)
-            for layer_means, student_dims in _layer_centers(context, layers)
+            loss(layer_means, layer_dim)
+            for layer_means, layer_dim in _layer_centers(context, layers)
         )
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:

@@ -3,14 +3,16 @@ L2 to the teacher's feature (Eq. 3) and stepwise increasing feature norms, SIFN 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
+from ndkd.checks import check_count, check_positive
 from ndkd.losses.norm import l2_feature_loss, sifn_loss
 from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
-from ndkd.methods.nd import student_projector
 from ndkd.methods.registry import register
+from ndkd.projector import EmbeddingProjector, dim_projector
 from ndkd.snapshot import ModelSnapshot
 
 L2_REDUCTIONS = ("batch", "class")
@@ -36,9 +38,11 @@ class L2Term(Term):
             raise ValueError(f"l2: reduction must be one of {L2_REDUCTIONS}, found {reduction!r}")
         if context.teacher_probe is None:
             raise ValueError("l2: compares with the teacher's embedding; set teacher.arch")
-        student_dim = context.student_probe.embedding.shape[1]
-        teacher_dim = context.teacher_probe.embedding.shape[1]
-        self.projector = student_projector(student_dim, teacher_dim, projector_dropout)
+        self.projector = dim_projector(
+            context.student_probe.embedding.shape[1],
+            context.teacher_probe.embedding.shape[1],
+            partial(EmbeddingProjector, dropout=projector_dropout),
+        )
         self.reduction = reduction
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
@@ -79,36 +83,29 @@ class SIFNTerm(Term):
         self, context: BuildContext, step: float = 1.0, refresh_steps: int | None = None
     ) -> None:
         super().__init__()
-        if step <= 0:
-            raise ValueError(f"sifn: step must be positive, found {step}")
+        check_positive("sifn: step", step)
         self.step = step
         self.refresh_steps = refresh_steps
         self.steps_done = 0
         self.snapshot: _ResumableSnapshot | None = None
         if refresh_steps is None:
             return
-        if (
-            isinstance(refresh_steps, bool)
-            or not isinstance(refresh_steps, int)
-            or refresh_steps < 1
-        ):
-            raise ValueError(
-                f"sifn: refresh_steps must be a positive integer or null, found {refresh_steps!r}"
-            )
+        check_count("sifn: refresh_steps", refresh_steps)
         if context.student is None:
             raise ValueError("sifn: refresh_steps needs the student model (BuildContext.student)")
         self.snapshot = _ResumableSnapshot(context.student)
         # In a tuple so nn.Module does not register the live student as this term's own.
         self._student = (context.student,)
+        # The refresh and the snapshot's forward run eagerly under torch.compile. Wrapped here,
+        # not by a decorator, so that importing ndkd does not import torch._dynamo.
+        self._eager_previous = torch.compiler.disable(SIFNTerm._previous)
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
-        return sifn_loss(outputs.student.embedding, self._previous(outputs), self.step)
+        previous = None if self.snapshot is None else self._eager_previous(self, outputs)
+        return sifn_loss(outputs.student.embedding, previous, self.step)
 
-    @torch.compiler.disable
-    def _previous(self, outputs: StepOutputs) -> torch.Tensor | None:
-        """The earlier model's embedding of the step's images (refreshing it when due)."""
-        if self.snapshot is None:
-            return None
+    def _previous(self, outputs: StepOutputs) -> torch.Tensor:
+        """The snapshot's embedding of the step's images (refreshing it when due)."""
         if outputs.images is None:
             raise ValueError("sifn: refresh_steps needs the step's images (StepOutputs.images)")
         if self.training:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ndkd.checks import check_positive
 from ndkd.losses.pkt import PKT_EPS, pkt_loss
 from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
 from ndkd.methods.registry import register
@@ -18,8 +19,7 @@ class PKTTerm(Term):
 
     def __init__(self, context: BuildContext, eps: float = PKT_EPS) -> None:
         super().__init__()
-        if eps <= 0:
-            raise ValueError(f"pkt: eps must be positive, found {eps}")
+        check_positive("pkt: eps", eps)
         self.eps = eps
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:

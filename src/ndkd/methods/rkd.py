@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ndkd.checks import check_non_negative
 from ndkd.losses.rkd import rkd_loss
 from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher
 from ndkd.methods.registry import register
@@ -24,11 +25,10 @@ class RKDTerm(Term):
         self, context: BuildContext, distance_weight: float = 25.0, angle_weight: float = 50.0
     ) -> None:
         super().__init__()
-        if distance_weight < 0 or angle_weight < 0 or distance_weight + angle_weight == 0:
-            raise ValueError(
-                "rkd: distance_weight and angle_weight must be non-negative and not both 0, "
-                f"found {distance_weight} and {angle_weight}"
-            )
+        check_non_negative("rkd: distance_weight", distance_weight)
+        check_non_negative("rkd: angle_weight", angle_weight)
+        if distance_weight + angle_weight == 0:
+            raise ValueError("rkd: distance_weight and angle_weight must not both be 0")
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
 

@@ -23,16 +23,24 @@ class EmbeddingAdapter(nn.Module):
             element is the logits, a mapping with key ``"logits"``, or an object with a
             ``logits`` attribute.
         classifier: the final linear layer, or its name in ``model.named_modules()``;
-            default: the last ``nn.Linear`` registered in ``model``. The forward checks that
-            this layer's output has the shape of the returned logits and says so if not.
+            default: :func:`final_linear` of ``model`` (none for a model without an
+            ``nn.Linear``, whose output must then carry the embedding). The forward checks
+            that this layer's output has the shape of the returned logits and says so if not.
     """
 
     def __init__(self, model: nn.Module, classifier: nn.Module | str | None = None) -> None:
         super().__init__()
         self.model = model
-        self._classifier = _resolve_classifier(model, classifier)
+        layer = _resolve_classifier(model, classifier)
+        # In a tuple so nn.Module does not register the model's layer a second time.
+        self._classifier: tuple[nn.Module, ...] = () if layer is None else (layer,)
         self._captured: torch.Tensor | None = None
         self._captured_out: torch.Tensor | None = None
+
+    @property
+    def classifier(self) -> nn.Module | None:
+        """The layer whose input is the embedding (``None``: the output must carry it)."""
+        return self._classifier[0] if self._classifier else None
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self._captured = args[0]
@@ -41,8 +49,8 @@ class EmbeddingAdapter(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> ModelOutput:
         # The hook lives only for this call: the wrapped model is never left modified.
         handle = None
-        if self._classifier is not None:
-            handle = self._classifier.register_forward_hook(self._capture)
+        if self.classifier is not None:
+            handle = self.classifier.register_forward_hook(self._capture)
         try:
             output = self.model(*args, **kwargs)
             if hasattr(output, "embedding") and hasattr(output, "logits"):
@@ -56,7 +64,7 @@ class EmbeddingAdapter(nn.Module):
 
     def _embedding_for(self, logits: torch.Tensor) -> torch.Tensor:
         name = type(self.model).__name__
-        if self._classifier is None:
+        if self.classifier is None:
             raise ValueError(
                 f"{name} has no nn.Linear and its output has no 'embedding'; "
                 "pass classifier=<its final layer> to EmbeddingAdapter"
@@ -92,16 +100,44 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, EmbeddingAdapter) else model
 
 
+def final_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The final linear classifier of ``model`` and its name in ``model.named_modules()``.
+
+    The layer an :class:`EmbeddingAdapter` captures (named under ``"model."``), else the
+    layer ``model.get_classifier()`` returns (ndkd and timm models), else the last
+    ``nn.Linear`` that ``model`` registers.
+
+    Raises:
+        ValueError: there is no such ``nn.Linear``.
+    """
+    if isinstance(model, EmbeddingAdapter):
+        chosen = model.classifier
+    else:
+        getter = getattr(model, "get_classifier", None)
+        chosen = getter() if callable(getter) else None
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and (chosen is None or module is chosen)
+    ]
+    if not found:
+        detail = "" if chosen is None else f" (its classifier is a {type(chosen).__name__})"
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier{detail}")
+    return found[-1]
+
+
 def _resolve_classifier(model: nn.Module, classifier: nn.Module | str | None) -> nn.Module | None:
     if isinstance(classifier, nn.Module):
         return classifier
-    modules = dict(model.named_modules())
     if isinstance(classifier, str):
+        modules = dict(model.named_modules())
         if classifier not in modules:
             raise ValueError(f"{type(model).__name__} has no submodule named {classifier!r}")
         return modules[classifier]
-    linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+    try:
+        return final_linear(model)[1]
+    except ValueError:
+        return None  # then the model's own output must carry the embedding
 
 
 def _logits_of(output: Any) -> torch.Tensor:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,53 @@ _SHOWN = 10
 
 class CheckpointMismatchError(ValueError):
     """A state dict does not fit a model; the message lists the offending keys."""
+
+
+_CORRUPT = "not a PyTorch checkpoint (truncated or corrupt)"
+_BLOCKED = (
+    "holds Python objects that ndkd will not unpickle (only tensors and plain data are loaded)"
+)
+# torch names a refused class as "GLOBAL module.Name was not an allowed global".
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
+def read_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is a folder, empty, unreadable, not a PyTorch file, or holds
+            objects other than tensors and plain data. The message reads
+            ``"{what} {path}: {problem}"`` and never repeats torch's own text (which advises
+            unpickling with ``weights_only=False``).
+    """
+    path = Path(path)
+    where = f"{what} {path}"
+    if path.is_dir():
+        raise ValueError(f"{where}: is a folder; expected a file written by torch.save")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with open(path, "rb") as handle:
+            empty = not handle.read(1)
+    except OSError as error:
+        raise ValueError(f"{where}: cannot read ({error.strerror or error})") from None
+    if empty:
+        raise ValueError(f"{where}: empty file")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it was not written with; the error says more.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except pickle.UnpicklingError as error:
+        found = _GLOBAL.search(str(error))
+        if found:
+            raise ValueError(f"{where}: {_BLOCKED}; found {found.group(1)}") from None
+        raise ValueError(f"{where}: {_CORRUPT}") from None
+    except Exception:  # torch raises many types (RuntimeError, OSError, EOFError, KeyError...)
+        raise ValueError(f"{where}: {_CORRUPT}") from None
 
 
 def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -64,19 +114,23 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: ``source`` is a path that does not exist.
-        CheckpointMismatchError: missing, unexpected or mis-shaped keys; all are listed.
+        ValueError: the file cannot be read as a weights-only PyTorch checkpoint, or holds
+            no state dict (the message names the file; see :func:`read_torch_file`).
+        CheckpointMismatchError: missing, unexpected or mis-shaped keys; all are listed,
+            after the file's path.
     """
     if isinstance(source, Mapping):
-        where, checkpoint = "checkpoint", source
+        where = "checkpoint"
+        state = extract_state_dict(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
-        where = f"checkpoint {path}"
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        where = f"checkpoint {Path(source)}"
+        checkpoint = read_torch_file(source)
         if not isinstance(checkpoint, Mapping):
             raise ValueError(f"{where} holds a {type(checkpoint).__name__}, not a state dict")
-    state = extract_state_dict(checkpoint)
+        try:
+            state = extract_state_dict(checkpoint)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
     expected = model.state_dict()
     for name in expected.keys() - state.keys():
         if name.endswith(".num_batches_tracked"):

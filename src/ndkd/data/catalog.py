@@ -1,0 +1,37 @@
+"""The names of every data set ndkd reads, in one place (no torch import: the config
+validator and the CLI read it without loading the data stack)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """What a config may say about data set ``name`` before anything is loaded."""
+
+    name: str
+    bundled: bool
+    """Built from data shipped with a dependency (scikit-learn): ``data.root`` is unused."""
+    summary: str
+
+
+CATALOG: dict[str, DatasetEntry] = {
+    entry.name: entry
+    for entry in (
+        DatasetEntry("cifar10", False, "CIFAR-10 python-pickle folder (or its .tar.gz)"),
+        DatasetEntry("cifar100", False, "CIFAR-100 python-pickle folder (or its .tar.gz)"),
+        DatasetEntry("digits", True, "scikit-learn's 8x8 handwritten digits, 10 classes"),
+        DatasetEntry("digit_pairs", True, "two noisy digits side by side, 100 classes"),
+    )
+}
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every accepted ``data.name``."""
+    return tuple(CATALOG)
+
+
+def is_bundled(name: str) -> bool:
+    """True for data sets that need no ``data.root``."""
+    return CATALOG[name].bundled

@@ -1,0 +1,166 @@
+"""Single-label classification: images and integer labels, one loss row per image,
+top-1/top-5 accuracy; class means are the teacher's image embeddings averaged per label."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ndkd.centers import ClassMeans, class_means
+from ndkd.collective import all_reduce_sum
+from ndkd.methods.base import StepOutputs
+from ndkd.models.output import ModelOutput
+from ndkd.tasks.base import Autocast
+
+
+@dataclass
+class Batch:
+    """Images ``[B, C, H, W]``, labels ``[B]`` and, when a term asks for them, the samples'
+    dataset indices ``[B]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor | None = None
+
+
+def topk_correct(
+    logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> torch.Tensor:
+    """Number of samples whose label is among the top-k logits, for each k (a device tensor;
+    k is capped at the class count)."""
+    k_max = min(max(ks), logits.shape[1])
+    top = logits.topk(k_max, dim=1).indices
+    hits = top.eq(labels.unsqueeze(1))
+    return torch.stack([hits[:, : min(k, k_max)].any(dim=1).sum() for k in ks])
+
+
+def fp32_output(output: ModelOutput | None) -> ModelOutput | None:
+    """``output`` with its half-precision tensors (from autocast) cast to float32; other
+    tensors (float32, float64) pass through unchanged."""
+    if output is None:
+        return output
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+    return ModelOutput(
+        up(output.logits),
+        up(output.embedding),
+        [up(x) for x in output.stages],
+        [up(x) for x in output.preact_stages],
+    )
+
+
+class AccuracyMeter:
+    """Training top-1/top-5 and the mean embedding norms of student and teacher."""
+
+    def __init__(self, device: torch.device, with_teacher: bool) -> None:
+        self.with_teacher = with_teacher
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # n, top1, top5, |s|, |t|
+
+    @torch.no_grad()
+    def update(self, student_out: ModelOutput, teacher_out: ModelOutput | None, batch: Batch):
+        self.sums[0] += batch.labels.shape[0]
+        self.sums[1:3] += topk_correct(student_out.logits.detach(), batch.labels).to(
+            self.sums.dtype
+        )
+        self.sums[3] += torch.linalg.vector_norm(student_out.embedding.float(), dim=1).sum()
+        if teacher_out is not None:
+            self.sums[4] += torch.linalg.vector_norm(teacher_out.embedding.float(), dim=1).sum()
+
+    def totals(self) -> torch.Tensor:
+        return self.sums
+
+    def summarize(self, totals: list[float]) -> dict[str, float]:
+        n, top1, top5, s_norm, t_norm = totals
+        record = {
+            "train_top1": 100.0 * top1 / n,
+            "train_top5": 100.0 * top5 / n,
+            "student_emb_norm": s_norm / n,
+        }
+        if self.with_teacher:
+            record["teacher_emb_norm"] = t_norm / n
+        return record
+
+
+class ClassificationTask:
+    """The single-label task (CIFAR, digits, image folders): ``best.pt`` by test top-1."""
+
+    primary_metric = "test_top1"
+
+    def to_device(
+        self, batch: tuple, device: torch.device, memory_format: torch.memory_format | None
+    ) -> Batch:
+        images, labels, *extra = batch
+        images = images.to(device, non_blocking=True)
+        if memory_format is not None:
+            images = images.contiguous(memory_format=memory_format)
+        indices = extra[0].to(device, non_blocking=True) if extra else None
+        return Batch(images, labels.to(device, non_blocking=True), indices)
+
+    def forward(self, model: nn.Module, batch: Batch) -> ModelOutput:
+        return model(batch.images)
+
+    def step_losses(
+        self,
+        method: nn.Module,
+        student_out: ModelOutput,
+        teacher_out: ModelOutput | None,
+        batch: Batch,
+        epoch: int,
+    ) -> dict[str, torch.Tensor]:
+        """One row per image; the terms see float32 outputs (CE is a term here)."""
+        rows = StepOutputs(
+            fp32_output(student_out),
+            fp32_output(teacher_out),
+            batch.labels,
+            batch.images,
+            batch.indices,
+        )
+        return method(rows, epoch)
+
+    def train_meter(self, device: torch.device, with_teacher: bool) -> AccuracyMeter:
+        return AccuracyMeter(device, with_teacher)
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        loader: Iterable,
+        device: torch.device,
+        autocast: Autocast,
+        memory_format: torch.memory_format | None = None,
+    ) -> dict[str, float]:
+        """Top-1/top-5 accuracy (%) of ``model`` over ``loader``, summed over processes."""
+        model.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        for raw in loader:
+            batch = self.to_device(raw, device, memory_format)
+            with autocast():
+                logits = self.forward(model, batch).logits
+            totals[0] += batch.labels.shape[0]
+            totals[1:] += topk_correct(logits.float(), batch.labels).to(totals.dtype)
+        n, top1, top5 = all_reduce_sum(totals).tolist()
+        if n == 0:
+            raise ValueError("the evaluation split yielded no samples")
+        return {
+            "test_top1": 100.0 * top1 / n,
+            "test_top5": 100.0 * top5 / n,
+            "test_samples": int(n),
+        }
+
+    def class_means(
+        self,
+        teacher: nn.Module,
+        loader: Iterable,
+        num_classes: int,
+        device: torch.device,
+        **options: Any,
+    ) -> ClassMeans:
+        """The teacher's embedding (or ``options["feature"]`` of its output) averaged per
+        label over ``loader`` (:func:`ndkd.centers.class_means`)."""
+        return class_means(teacher, loader, num_classes, device, **options)

@@ -17,7 +17,11 @@ from ndkd.config import load_config
 from ndkd.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not p.name.startswith("_"))
+RECIPES = sorted(  # on CIFAR-format data; tests/test_imagenet_recipes.py has the image folders
+    p
+    for p in (ROOT / "configs").rglob("*.yaml")
+    if not p.name.startswith("_") and "imagenet" not in p.relative_to(ROOT / "configs").parts
+)
 PAIRS = {  # teacher -> student: (KD++ kd weight, nd weight), from the paper's public code
     "resnet56_resnet20": (1.0, 2.0),
     "resnet32x4_resnet8x4": (3.5, 2.0),

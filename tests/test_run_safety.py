@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -20,6 +21,7 @@ from ndkd.cli import main
 from test_engine_resume import comparable, wait_for_lines
 
 EPOCHS = 4
+MID_EPOCH = "train.checkpoint_every_steps=7"  # 45 steps per epoch: mid-epoch checkpoints
 
 
 def refused(capsys, *argv: str) -> str:
@@ -62,7 +64,8 @@ def test_kills_at_random_moments_resume_to_the_uninterrupted_metrics(
     tmp_path, digits_teacher, reference
 ):
     """Ten SIGKILLs at random moments (start-up, before the first checkpoint, mid-epoch,
-    around checkpoint writes); each restart resumes (or starts) and the end is the same."""
+    around checkpoint writes); each restart resumes (or starts), from mid-epoch checkpoints
+    too, and the end is the same."""
     config = write_kdpp_config(tmp_path, digits_teacher, epochs=EPOCHS, batch_size=32)
     run = tmp_path / "run"
     draw = random.Random(0)
@@ -70,7 +73,7 @@ def test_kills_at_random_moments_resume_to_the_uninterrupted_metrics(
     while kills < 10:
         resume = ["--resume"] if (run / "config.yaml").exists() else []
         process = subprocess.Popen(
-            ndkd_command("train", "-c", str(config), *resume),
+            ndkd_command("train", "-c", str(config), MID_EPOCH, *resume),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -89,7 +92,7 @@ def test_kills_at_random_moments_resume_to_the_uninterrupted_metrics(
     # a write killed half-way leaves a temp file: the next start removes it
     (run / ".last.pt.abc123.tmp").write_bytes(b"partial")
     resume = ["--resume"] if (run / "config.yaml").exists() else []
-    final = run_ndkd("train", "-c", str(config), *resume)
+    final = run_ndkd("train", "-c", str(config), MID_EPOCH, *resume)
     assert final.returncode == 0, final.stderr
     assert comparable(run / "metrics.jsonl") == reference
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
@@ -116,11 +119,14 @@ def test_signals_stop_at_a_step_and_say_how_to_continue(
         text=True,
     )
     wait_for_lines(metrics, 1, process)
+    time.sleep(0.3)
     process.send_signal(signum)
     assert process.wait(timeout=120) == code
     err = process.stderr.read()
     assert "Traceback" not in err and "--resume" in err, err
     assert f"stopped by {signal.Signals(signum).name}" in err and "last checkpoint" in err
+    if "after step" in err:  # stopped inside an epoch: its position was saved first
+        assert re.search(r"\(epoch \d, step \d+\)", err), err
     resumed = run_ndkd("train", "-c", str(config), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert comparable(metrics) == reference

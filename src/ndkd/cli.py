@@ -85,7 +85,7 @@ def _is_main_process() -> bool:
 def _train(args: argparse.Namespace) -> int:
     from ndkd import experiment
     from ndkd.console import ProgressPrinter
-    from ndkd.engine.trainer import RunInterrupted
+    from ndkd.engine.stop_signals import RunInterrupted
 
     config = _config(args)
     if args.dry_run:
@@ -101,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
             f"({extra:,} method parameters), {data.train_size} training images, "
             f"{len(data.train_loader)} steps/epoch on {built.device}"
             + (f"; class means {config.centers.path}" if built.method.requires_centers else "")
-            + (f"; resumes after epoch {plan.checkpoint['epoch']}" if plan.checkpoint else "")
+            + (f"; resumes {_position(plan.checkpoint)}" if plan.checkpoint else "")
         )
         return 0
     printer = ProgressPrinter(enabled=_is_main_process())
@@ -121,6 +121,11 @@ def _train(args: argparse.Namespace) -> int:
         last = history[-1]
         print(f"done: {config.output_dir}  last epoch test top-1 {last.get('test_top1', 0):.2f}%")
     return 0
+
+
+def _position(checkpoint: dict) -> str:
+    epoch, step = int(checkpoint["epoch"]), int(checkpoint.get("step", 0))
+    return f"in epoch {epoch + 1} at step {step}" if step else f"after epoch {epoch}"
 
 
 def _centers(args: argparse.Namespace) -> int:
@@ -348,8 +353,8 @@ def _user_error(error: Exception) -> str | None:
     if isinstance(error, OSError):
         where = f": {error.filename}" if error.filename else ""
         return f"{error.strerror or error}{where}"
-    trainer = sys.modules.get("ndkd.engine.trainer")  # imported by then if it can be raised
-    if trainer is not None and isinstance(error, trainer.NonFiniteLossError):
+    totals = sys.modules.get("ndkd.engine.epoch_totals")  # imported by then if it can be raised
+    if totals is not None and isinstance(error, totals.NonFiniteLossError):
         return str(error)
     return None
 

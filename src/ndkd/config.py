@@ -40,6 +40,8 @@ BASE_KEY = "base"
 
 SPEED_ONLY_KEYS: tuple[str, ...] = (
     "device",
+    "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
     "data.root",
     "data.num_workers",
     "data.resident",
@@ -80,11 +82,17 @@ class DataConfig:
     (python-pickle folders), or bundled with scikit-learn: ``digits`` (10 classes) or
     ``digit_pairs`` (100 classes, noisy)."""
     root: str = "data"
-    """Folder holding ``cifar-100-python/`` (or its ``.tar.gz``); unused for the bundled ones."""
+    """Folder holding ``cifar-100-python/`` (or its ``.tar.gz``), or for ``imagefolder`` the
+    ``train/`` and ``val/`` folders (one sub-folder per class); unused for the bundled ones."""
     num_workers: int = 0
-    """Loader worker processes (the in-memory CIFAR loader needs none)."""
+    """Loader worker processes of the streaming image-folder loader (the in-memory CIFAR
+    loader needs none)."""
     resident: bool = False
-    """Keep the whole training set on the training device (GPU fast path)."""
+    """Keep the whole training set on the training device (GPU fast path, in-memory sets)."""
+    image_size: int = 224
+    """Image folders: the training crop (RandomResizedCrop) and the evaluation centre crop."""
+    eval_resize: int = 256
+    """Image folders: the shorter side evaluation images are resized to before the crop."""
 
 
 @dataclass
@@ -93,6 +101,9 @@ class ModelConfig:
     """Model zoo name (``ndkd.models.list_models()``); empty for no model."""
     checkpoint: str | None = None
     """Weights to load (public ``{"model": state_dict}`` layout or a bare state dict)."""
+    pretrained: bool = False
+    """``torchvision:``/``timm:`` models: start from that library's ImageNet weights
+    (downloaded by it: needs internet on first use)."""
 
 
 @dataclass
@@ -139,6 +150,12 @@ class TrainConfig:
     compile: bool = False
     eval_every: int = 1
     """Evaluate on the test split every N epochs (and always after the last)."""
+    checkpoint_every_steps: int = 0
+    """Also write ``last.pt`` inside an epoch every N steps, with the loader's position, so
+    a run resumes mid-epoch with the data order of an uninterrupted run (0: epoch ends only)."""
+    checkpoint_every_minutes: float = 0.0
+    """Also write ``last.pt`` inside an epoch when this many minutes passed since the last
+    checkpoint (0: off); checked where progress is reported."""
 
 
 @dataclass
@@ -537,6 +554,8 @@ def _validate(config: RunConfig) -> None:
         "train.batch_size": train.batch_size,
         "train.lr": train.lr,
         "train.eval_every": train.eval_every,
+        "data.image_size": config.data.image_size,
+        "data.eval_resize": config.data.eval_resize,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -547,6 +566,8 @@ def _validate(config: RunConfig) -> None:
         "train.lr_warmup_epochs": train.lr_warmup_epochs,
         "data.num_workers": config.data.num_workers,
         "log.progress_every": config.log.progress_every,
+        "train.checkpoint_every_steps": train.checkpoint_every_steps,
+        "train.checkpoint_every_minutes": train.checkpoint_every_minutes,
     }.items():
         if value < 0:
             raise ConfigError(f"{key}: must be non-negative, found {value}")

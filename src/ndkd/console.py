@@ -65,22 +65,13 @@ def epoch_summary(record: dict[str, Any], epochs: int | None = None) -> str:
             value = _number(record, key)
             if value is not None:
                 parts.append(f"{key[5:]} {value:.4g}")
-    norms = []
-    student, teacher = _number(record, "student_emb_norm"), _number(record, "teacher_emb_norm")
-    if student is not None:
-        norms.append(f"|s| {student:.2f}")
-    if teacher is not None:
-        norms.append(f"|t| {teacher:.2f}")
-    if norms:
-        parts.append(" ".join(norms))
-    speed = []
-    seconds, rate = _number(record, "epoch_time_s"), _number(record, "images_per_s")
-    if seconds is not None:
-        speed.append(f"{seconds:.1f}s")
-    if rate is not None:
-        speed.append(f"{rate:.0f} img/s")
-    if speed:
-        parts.append(" ".join(speed))
+    for group in (
+        (("student_emb_norm", "|s| {:.2f}"), ("teacher_emb_norm", "|t| {:.2f}")),
+        (("epoch_time_s", "{:.1f}s"), ("images_per_s", "{:.0f} img/s")),
+    ):
+        shown = [form.format(v) for key, form in group if (v := _number(record, key)) is not None]
+        if shown:
+            parts.append(" ".join(shown))
     return "  ".join(parts)
 
 

@@ -23,6 +23,11 @@ CATALOG: dict[str, DatasetEntry] = {
         DatasetEntry("cifar100", False, "CIFAR-100 python-pickle folder (or its .tar.gz)"),
         DatasetEntry("digits", True, "scikit-learn's 8x8 handwritten digits, 10 classes"),
         DatasetEntry("digit_pairs", True, "two noisy digits side by side, 100 classes"),
+        DatasetEntry(
+            "imagefolder",
+            False,
+            "train/ and val/ folders with one sub-folder of images per class (ImageNet layout)",
+        ),
     )
 }
 

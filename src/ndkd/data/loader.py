@@ -69,10 +69,18 @@ class InMemoryLoader:
         self.world_size = world_size
         self.return_indices = return_indices
         self.epoch = 0
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling and augmentation of ``epoch`` for the next iteration."""
         self.epoch = epoch
+
+    def start_at(self, step: int) -> None:
+        """Begin the next iteration at batch ``step`` of the epoch (a mid-epoch resume): the
+        same batches, augmented the same way, as an uninterrupted epoch has from there."""
+        if not 0 <= step <= len(self):
+            raise ValueError(f"start_at: step must be in [0, {len(self)}], found {step}")
+        self.start = step
 
     @property
     def num_samples(self) -> int:
@@ -105,7 +113,8 @@ class InMemoryLoader:
             params = draw_crop_flip(len(indices), self.transform.padding, generator)
             params = params.to(self.images.device)
         indices = indices.to(self.images.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        first, self.start = self.start * self.batch_size, 0
+        for start in range(first, len(self) * self.batch_size, self.batch_size):
             batch = indices[start : start + self.batch_size]
             images = self.images[batch]
             if self.transform is not None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -17,12 +15,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ndkd.collective import all_reduce_sum, barrier, broadcast_buffers
+from ndkd.collective import barrier, broadcast_buffers
 from ndkd.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from ndkd.engine.distributed import SINGLE_PROCESS, DistInfo
+from ndkd.engine.epoch_totals import EpochTotals, NonFiniteLossError
 from ndkd.engine.metrics import MetricsLog
 from ndkd.engine.schedule import lr_factor
 from ndkd.engine.settings import LoopSettings
+from ndkd.engine.stop_signals import RunInterrupted, StopSignals
 from ndkd.models.fold import fold_batchnorm
 from ndkd.progress import Progress, ProgressFn
 from ndkd.tasks.base import Task
@@ -33,31 +33,19 @@ LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
 
 
 class EpochLoader(Protocol):
-    """What the loop needs of a training loader (``ndkd.data.InMemoryLoader`` is one)."""
+    """What the loop needs of a training loader (``ndkd.data.InMemoryLoader`` is one):
+    ``start_at(step)`` makes the next iteration of the current epoch begin at batch ``step``
+    (a mid-epoch resume), with the batches an uninterrupted epoch has there."""
 
     def set_epoch(self, epoch: int) -> None: ...
+    def start_at(self, step: int) -> None: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Any: ...
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite; the last good checkpoint is kept."""
 
 
 class RunWriteError(ValueError):
     """The run folder could not be written (full disk, permissions); the previous
     checkpoint is intact."""
-
-
-class RunInterrupted(Exception):
-    """SIGINT or SIGTERM stopped the run at a step boundary; ``signum`` is the signal."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _StudentStep(nn.Module):
@@ -181,20 +169,28 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
         self.start_epoch = 0
+        self.start_step = 0
         self.history: list[dict[str, Any]] = []
         self.best_metric = -math.inf
-        self._stop_signal: int | None = None
+        self._resumed_totals: dict[str, Any] | None = None
+        self._saved_at = (0, 0)  # (finished epochs, steps into the next) of the last checkpoint
+        self._last_save = time.monotonic()
+        self._signals = StopSignals()
 
     # ----------------------------------------------------------------- state
-    def state(self, epoch: int) -> dict[str, Any]:
+    def state(self, epoch: int, partial: EpochTotals | None = None, step: int = 0) -> dict:
+        """A checkpoint after ``epoch`` finished epochs and, mid-epoch, ``step`` steps of the
+        next one with its running totals (collective: every process calls it)."""
         return {
             "epoch": epoch,
+            "step": step,
+            "partial": [] if partial is None else _gather(partial.state_dict()),
             "model": self.student.state_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _gather_rng(),
+            "rng": _gather(rng_state()),
             "history": self.history,
             "best_metric": self.best_metric,
             "config": self.config,
@@ -202,8 +198,8 @@ class Trainer:
 
     def resume(self, state: dict[str, Any] | None = None) -> None:
         """Continue from a checkpoint's ``state`` (default: read ``last.pt``): weights,
-        optimizer, schedule, scaler, RNG of every process, metrics history;
-        ``metrics.jsonl`` is rewritten to match."""
+        optimizer, schedule, scaler, RNG of every process, metrics history, and a mid-epoch
+        position with its running totals; ``metrics.jsonl`` is rewritten to match."""
         if state is None:
             state = load_checkpoint(self.run_dir / LAST)
         self.student.load_state_dict(state["model"])
@@ -221,65 +217,28 @@ class Trainer:
         self.history = list(state["history"])
         self.best_metric = float(state["best_metric"])
         self.start_epoch = int(state["epoch"])
+        self.start_step = int(state.get("step", 0))
+        self._resumed_totals = state["partial"][self.dist.rank] if self.start_step else None
+        self._saved_at = (self.start_epoch, self.start_step)
         if self.dist.is_main:
             MetricsLog(self.run_dir / METRICS).rewrite(self.history)
-        log.info("resumed after epoch %d", self.start_epoch)
+        log.info("resumed at epoch %d, step %d", self.start_epoch + 1, self.start_step)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the metrics history.
 
+        ``last.pt`` is written at every epoch end and, inside epochs, every
+        ``checkpoint_every_steps`` steps or ``checkpoint_every_minutes`` minutes (with the
+        loader's position: a resume continues with the batches of an uninterrupted run).
         SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption notice) stop the run at the
-        next step boundary with :class:`RunInterrupted` (a second SIGINT stops at once).
-        With one process the signal is seen after the current step; with several, where
-        progress is reported (``progress_every``) and at epoch ends, so every process
-        stops at the same step. The last checkpoint is the one of the last finished epoch.
+        next step boundary after writing such a checkpoint, with :class:`RunInterrupted` (a
+        second SIGINT stops at once). With one process the signal and the clock are read
+        after every step; with several, where progress is reported (``progress_every``) and
+        at epoch ends, so every process checkpoints and stops at the same step.
         """
-        self._stop_signal = None
-        previous = self._install_signal_handlers()
-        try:
+        with StopSignals() as self._signals:
             return self._fit()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}  # signals are delivered to the main thread only
-
-        def request_stop(signum: int, frame: Any) -> None:
-            self._stop_signal = signum
-            if signum == signal.SIGINT:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-
-        return {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
-
-    def _stop_requested(self, sync_point: bool) -> bool:
-        """Whether a stop signal arrived (agreed by all processes at sync points)."""
-        if not self.dist.enabled:
-            return self._stop_signal is not None
-        if not sync_point:
-            return False
-        flag = torch.tensor(
-            [0 if self._stop_signal is None else self._stop_signal], device=self.device
-        )
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item():
-            self._stop_signal = int(flag.item())
-        return bool(flag.item())
-
-    def _interrupted(self, where: str) -> RunInterrupted:
-        name = signal.Signals(self._stop_signal).name
-        return RunInterrupted(
-            self._stop_signal, f"stopped by {name} {where}; {self._checkpoint_status()}"
-        )
-
-    def _checkpoint_status(self, done: int | None = None) -> str:
-        """Where the last checkpoint stands (after ``done`` epochs: default, the history's)."""
-        done = len(self.history) if done is None else done
-        if done == 0:
-            return "no checkpoint was written yet (--resume starts the run again at epoch 1)"
-        return f"the last checkpoint is {self.run_dir / LAST} (after epoch {done})"
 
     def _fit(self) -> list[dict[str, Any]]:
         metrics = MetricsLog(self.run_dir / METRICS)
@@ -299,6 +258,7 @@ class Trainer:
             if self.dist.is_main:
                 self._write(state, record, is_best, metrics)
             barrier()
+            self._saved_at = (epoch + 1, 0)
             if self.progress is not None:
                 steps = len(self.train_loader)
                 self.progress(Progress("train", steps, steps, epoch + 1, epochs, record=record))
@@ -306,35 +266,21 @@ class Trainer:
                 raise self._interrupted(f"at the end of epoch {epoch + 1}")
         return self.history
 
-    def _write(self, state, record, is_best: bool, metrics: MetricsLog) -> None:
-        """Checkpoints first (atomic), then the metrics line; a failed write says what is
-        intact."""
-        status = self._checkpoint_status(record["epoch"] - 1)  # this epoch's is not written
-        try:
-            save_checkpoint(self.run_dir / LAST, state)
-            if is_best:
-                save_checkpoint(self.run_dir / BEST, state)
-            metrics.append(record)
-            for sink in self.sinks:
-                sink.append(record)
-        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as either
-            reason = getattr(error, "strerror", None) or str(error)
-            raise RunWriteError(
-                f"could not write the run folder {self.run_dir} after epoch "
-                f"{record['epoch']} ({reason}); {status}"
-            ) from error
-
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         self.student.train()
         self.method.train()
         self.train_loader.set_epoch(epoch)
         steps = len(self.train_loader)
-        sums: dict[str, torch.Tensor] = {}
-        first_bad: dict[str, torch.Tensor] = {}
-        meter = self.task.train_meter(self.device, self.teacher is not None)
-        lr = self.optimizer.param_groups[0]["lr"]
-        start = time.perf_counter()
-        for step, raw in enumerate(self.train_loader):
+        first = self.start_step if epoch == self.start_epoch else 0
+        totals = EpochTotals(
+            self.task.train_meter(self.device, self.teacher is not None),
+            self.optimizer.param_groups[0]["lr"],
+            self.device,
+        )
+        if first:
+            totals.load_state_dict(self._resumed_totals)
+            self.train_loader.start_at(first)
+        for step, raw in enumerate(self.train_loader, start=first):
             batch = self.task.to_device(raw, self.device, self.memory_format)
             teacher_out = None
             if self.teacher_forward is not None:
@@ -348,69 +294,114 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            self._accumulate(sums, first_bad, losses, step)
-            meter.update(student_out, teacher_out, batch)
-            every = self.progress_every
-            report = self.progress is not None and every and (step + 1) % every == 0
-            if report:
-                self._check_finite(first_bad, epoch)
-                means = {k: float(v) / (step + 1) for k, v in sums.items()}
-                self.progress(
-                    Progress("train", step + 1, steps, epoch + 1, self.settings.epochs, means)
-                )
-            if step + 1 < steps and self._stop_requested(sync_point=bool(report)):
-                raise self._interrupted(f"in epoch {epoch + 1} after step {step + 1}/{steps}")
-        self._check_finite(first_bad, epoch)
-        elapsed = time.perf_counter() - start
-        return self._epoch_record(epoch, lr, sums, steps, meter, elapsed)
+            totals.add(losses, step)
+            totals.meter.update(student_out, teacher_out, batch)
+            if step + 1 < steps:
+                self._between_steps(epoch, step + 1, steps, totals)
+        self._check_finite(totals, epoch)
+        return totals.record(epoch, steps, self.dist.world_size)
 
-    @staticmethod
-    def _accumulate(sums, first_bad, losses, step: int) -> None:
-        """Running sums and the first non-finite step of every term, on device (no sync)."""
-        for name, value in losses.items():
-            value = value.detach().float()
-            finite = torch.isfinite(value)
-            if name not in sums:
-                sums[name] = torch.zeros((), device=value.device)
-                first_bad[name] = torch.full((), -1, dtype=torch.long, device=value.device)
-            sums[name] += torch.where(finite, value, torch.zeros_like(value))
-            unset = first_bad[name] < 0
-            first_bad[name] = torch.where(unset & ~finite, step, first_bad[name])
+    def _between_steps(self, epoch: int, done: int, steps: int, totals: EpochTotals) -> None:
+        """After step ``done`` of an epoch: progress, a mid-epoch checkpoint when due, a stop
+        when asked (checked at sync points only when several processes run)."""
+        every = self.progress_every
+        report = self.progress is not None and every > 0 and done % every == 0
+        if report:
+            self._check_finite(totals, epoch)
+            means = totals.means(done)
+            self.progress(Progress("train", done, steps, epoch + 1, self.settings.epochs, means))
+        sync_point = report or not self.dist.enabled
+        stop = self._stop_requested(sync_point)
+        if stop or self._checkpoint_due(done, sync_point):
+            self._check_finite(totals, epoch)
+            state = self.state(epoch, totals, done)  # collective: every rank
+            if self.dist.is_main:
+                self._save(state, f"epoch {epoch + 1} step {done}")
+            barrier()
+            self._saved_at = (epoch, done)
+        if stop:
+            raise self._interrupted(f"in epoch {epoch + 1} after step {done}/{steps}")
 
-    def _check_finite(self, first_bad: dict[str, torch.Tensor], epoch: int) -> None:
-        """Stop every process if any saw a non-finite term (one sync per call)."""
-        if not first_bad:
-            return
-        never = torch.iinfo(torch.long).max
-        steps = torch.stack([torch.where(v < 0, never, v) for v in first_bad.values()])
+    def _checkpoint_due(self, done: int, sync_point: bool) -> bool:
+        every_steps = self.settings.checkpoint_every_steps
+        if every_steps and done % every_steps == 0:
+            return True
+        minutes = self.settings.checkpoint_every_minutes
+        if not minutes or not sync_point:
+            return False
+        return self._agree(time.monotonic() - self._last_save >= 60 * minutes)
+
+    def _stop_requested(self, sync_point: bool) -> bool:
+        """Whether a stop signal arrived (agreed by all processes at sync points)."""
+        if not sync_point:
+            return False
+        signum = self._signals.signum or 0
         if self.dist.enabled:
-            dist.all_reduce(steps, op=dist.ReduceOp.MIN)
-        step, _, name = min(zip(steps.tolist(), range(len(first_bad)), first_bad))  # earliest
-        if step != never:
+            flag = torch.tensor([signum], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+            self._signals.signum = signum or None
+        return bool(signum)
+
+    def _agree(self, flag: bool) -> bool:
+        """``flag`` of any process, on every process (identity for one process)."""
+        if not self.dist.enabled:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def _interrupted(self, where: str) -> RunInterrupted:
+        return RunInterrupted(
+            self._signals.signum,
+            f"stopped by {self._signals.name()} {where}; {self._checkpoint_status()}",
+        )
+
+    def _checkpoint_status(self) -> str:
+        """Where the last checkpoint written (or resumed from) stands."""
+        epochs, step = self._saved_at
+        if (epochs, step) == (0, 0):
+            return "no checkpoint was written yet (--resume starts the run again at epoch 1)"
+        where = f"after epoch {epochs}" if not step else f"epoch {epochs + 1}, step {step}"
+        return f"the last checkpoint is {self.run_dir / LAST} ({where})"
+
+    def _check_finite(self, totals: EpochTotals, epoch: int) -> None:
+        """Stop every process if any saw a non-finite term (one sync per call)."""
+        bad = totals.first_non_finite(self.dist.enabled)
+        if bad is not None:
+            step, name = bad
             raise NonFiniteLossError(
                 f"loss term {name!r} became non-finite at epoch {epoch + 1}, step "
                 f"{step + 1}; training stopped; {self._checkpoint_status()}"
             )
 
-    def _epoch_record(self, epoch, lr, sums, steps, meter, elapsed) -> dict[str, Any]:
-        names = list(sums)
-        meter_totals = meter.totals()
-        losses = torch.stack([sums[n] for n in names]) if names else meter_totals.new_zeros(0)
-        packed = all_reduce_sum(torch.cat([losses.to(meter_totals), meter_totals])).tolist()
-        world = self.dist.world_size
-        loss_means = {n: packed[i] / (steps * world) for i, n in enumerate(names)}
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": sum(loss_means.values())}
-        record.update({f"loss/{name}": value for name, value in loss_means.items()})
-        totals = packed[len(names) :]
-        record.update(meter.summarize(totals))
-        record.update(
-            {
-                "epoch_time_s": elapsed,
-                "images_per_s": totals[0] / elapsed,
-                "peak_memory_mb": peak_memory_mb(self.device),
-            }
+    def _save(self, state: dict[str, Any], what: str) -> None:
+        """Write ``last.pt`` (atomic); a failed write says what is intact."""
+        try:
+            save_checkpoint(self.run_dir / LAST, state)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as either
+            raise self._write_error(what, error) from error
+        self._last_save = time.monotonic()
+
+    def _write(self, state, record, is_best: bool, metrics: MetricsLog) -> None:
+        """An epoch end: checkpoints first (atomic), then the metrics line."""
+        what = f"epoch {record['epoch']}"
+        self._save(state, what)
+        try:
+            if is_best:
+                save_checkpoint(self.run_dir / BEST, state)
+            metrics.append(record)
+            for sink in self.sinks:
+                sink.append(record)
+        except (OSError, RuntimeError) as error:
+            raise self._write_error(what, error) from error
+
+    def _write_error(self, what: str, error: BaseException) -> RunWriteError:
+        reason = getattr(error, "strerror", None) or str(error)
+        return RunWriteError(
+            f"could not write the run folder {self.run_dir} at {what} ({reason}); "
+            f"{self._checkpoint_status()}"
         )
-        return record
 
     def evaluate(self) -> dict[str, float]:
         """The task's evaluation metrics of the student, summed over processes."""
@@ -419,20 +410,8 @@ class Trainer:
         )
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: allocated CUDA memory on a GPU, else the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource  # POSIX only
-    except ImportError:
-        return math.nan
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _gather_rng() -> list[dict[str, Any]]:
-    """Every process's RNG state, in rank order (the checkpoint restores each its own)."""
-    state = rng_state()
+def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every process's ``state``, in rank order (a checkpoint restores each its own)."""
     if not (dist.is_available() and dist.is_initialized()):
         return [state]
     gathered: list[Any] = [None] * dist.get_world_size()

@@ -80,7 +80,8 @@ def plan_run(config: RunConfig, resume: bool) -> RunPlan:
                 "--resume to continue it, or choose another output_dir"
             )
         state = load_checkpoint(run_dir / LAST)
-        before = _check_resume(state.get("config", {}), config, int(state["epoch"]), run_dir / LAST)
+        started = int(state["epoch"]) + bool(state.get("step"))  # a mid-epoch one counts
+        before = _check_resume(state.get("config", {}), config, started, run_dir / LAST)
         return RunPlan(run_dir, state, before)
     if has[BEST] or finished_epochs:
         raise RunFolderError(
@@ -133,8 +134,8 @@ def _check_resume(
         )
     if config.train.epochs < epochs_done:
         raise RunFolderError(
-            f"--resume: train.epochs={config.train.epochs} but the run already finished "
-            f"{epochs_done} epochs"
+            f"--resume: train.epochs={config.train.epochs} is fewer than the {epochs_done} "
+            "epochs the run has already finished or begun"
         )
     before = old["train"]["epochs"]
     return before if before != config.train.epochs else None

@@ -164,7 +164,9 @@ class LogConfig:
     """Also write TensorBoard event files beside ``metrics.jsonl`` (needs the
     ``tensorboard`` extra)."""
     progress_every: int = 20
-    """Steps between progress reports on a terminal; 0 reports only at epoch ends."""
+    """Steps between progress reports on a terminal and, with several processes, between
+    their checks for a stop signal or a checkpoint due by the clock (one small all-reduce);
+    0: only at epoch ends."""
 
 
 @dataclass

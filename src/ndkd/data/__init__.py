@@ -1,4 +1,5 @@
-"""Datasets (CIFAR-10/100 pickle folders, scikit-learn digits) and fast batched augmentation."""
+"""Datasets (CIFAR-10/100 pickle folders, image folders, scikit-learn digits), fast batched
+augmentation and loaders."""
 
 from ndkd.data.augment import (
     CIFAR10_MEAN,
@@ -17,6 +18,13 @@ from ndkd.data.cifar import read_cifar
 from ndkd.data.datasets import ImageTensorDataset, build_dataset
 from ndkd.data.digit_pairs import read_digit_pairs
 from ndkd.data.digits import read_digits
+from ndkd.data.imagefolder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageFolderDataset,
+    ImageFolderSplits,
+    read_image_folders,
+)
 from ndkd.data.loader import InMemoryLoader
 from ndkd.data.sources import Splits, load_splits
 
@@ -28,6 +36,10 @@ __all__ = [
     "BatchTransform",
     "CropFlipParams",
     "ImageTensorDataset",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageFolderDataset",
+    "ImageFolderSplits",
     "InMemoryLoader",
     "Splits",
     "build_dataset",
@@ -40,4 +52,5 @@ __all__ = [
     "read_cifar",
     "read_digit_pairs",
     "read_digits",
+    "read_image_folders",
 ]

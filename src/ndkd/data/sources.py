@@ -1,21 +1,37 @@
-"""Data sources: a config's ``data`` section -> the training and evaluation splits.
+"""Data sources: a config's ``data`` section -> the training and evaluation splits, and
+the loaders over a process's share of them.
 
-Every data set named in :mod:`ndkd.data.catalog` is read here; the in-memory sets (CIFAR,
+Every data set named in :mod:`ndkd.data.catalog` is read here. The in-memory sets (CIFAR,
 the bundled digit sets) come back as :class:`ImageTensorDataset` with their batched
-transform (the CIFAR fast path).
+transform (the CIFAR fast path, :class:`InMemoryLoader`); image folders stream from disk
+(:mod:`ndkd.data.imagefolder`, ``DataLoader`` workers). Both loaders shuffle epoch ``e`` with
+seed ``seed + e`` as ``DistributedSampler`` does, augment a sample as a function of
+``(seed, e, index)`` only, and can start an epoch at any batch (a mid-epoch resume).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ndkd.data.augment import cifar_transform
 from ndkd.data.catalog import CATALOG, is_bundled
 from ndkd.data.cifar import SPECS, standard_size
 from ndkd.data.datasets import ImageTensorDataset, build_dataset
+from ndkd.data.imagefolder import (
+    ImageFolderDataset,
+    ImageFolderSplits,
+    TrainLoader,
+    eval_loader,
+    read_image_folders,
+    train_loader,
+)
+from ndkd.data.loader import InMemoryLoader
 
 
 @dataclass
@@ -63,8 +79,14 @@ class Splits:
         )
 
 
-def load_splits(name: str, root: str | os.PathLike[str] | None) -> Splits:
-    """Read data set ``name`` (a :data:`~ndkd.data.catalog.CATALOG` key) from ``root``.
+def load_splits(
+    name: str,
+    root: str | os.PathLike[str] | None,
+    image_size: int = 224,
+    eval_resize: int = 256,
+) -> Splits | ImageFolderSplits:
+    """Read data set ``name`` (a :data:`~ndkd.data.catalog.CATALOG` key) from ``root``
+    (``image_size``/``eval_resize``: the image-folder transforms).
 
     Raises:
         ValueError: unknown ``name``. FileNotFoundError: ``root`` is not a folder.
@@ -79,7 +101,85 @@ def load_splits(name: str, root: str | os.PathLike[str] | None) -> Splits:
             f"data.root {str(root)!r} does not exist; expected a folder holding the "
             f"{name} data ({CATALOG[name].summary})"
         )
+    if name == "imagefolder":
+        return read_image_folders(folder, image_size, eval_resize)
     return Splits(
         build_dataset(name, folder, "train", cifar_transform(name, train=True)),
         build_dataset(name, folder, "test", cifar_transform(name, train=False)),
     )
+
+
+Dataset = ImageTensorDataset | ImageFolderDataset
+
+
+def training_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    resident: torch.device | None = None,
+    num_workers: int = 0,
+    return_indices: bool = False,
+) -> InMemoryLoader | TrainLoader:
+    """Shuffled, augmented, resumable batches of this process's share of ``dataset``
+    (``resident``: keep an in-memory set on that device; ``num_workers``: decoding
+    processes of a streaming set)."""
+    if isinstance(dataset, ImageFolderDataset):
+        return train_loader(
+            dataset,
+            batch_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+            return_indices=return_indices,
+        )
+    return InMemoryLoader(
+        dataset,
+        batch_size,
+        shuffle=True,
+        device=resident,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        return_indices=return_indices,
+    )
+
+
+def evaluation_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    resident: torch.device | None = None,
+    num_workers: int = 0,
+) -> Iterable:
+    """This process's share of ``dataset`` in order, every sample exactly once over all
+    processes (no padding). An augmented split is augmented as in epoch 0 of ``seed``."""
+    if isinstance(dataset, ImageFolderDataset):
+        return eval_loader(
+            dataset.with_seed(seed),
+            batch_size,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+        )
+    if world_size > 1:
+        part = slice(rank, None, world_size)
+        dataset = ImageTensorDataset(
+            dataset.images[part], dataset.labels[part], dataset.num_classes, dataset.transform
+        )
+    return InMemoryLoader(dataset, batch_size, seed=seed, device=resident)
+
+
+def probe_images(dataset: Dataset, count: int, device: torch.device) -> torch.Tensor:
+    """The first ``count`` training images, transformed as training sees them (for sizing a
+    method's modules from a forward pass)."""
+    if isinstance(dataset, ImageFolderDataset):
+        return torch.stack([dataset[i][0] for i in range(count)]).to(device)
+    images = dataset.images[:count].to(device)
+    return dataset.transform(images) if dataset.transform is not None else images

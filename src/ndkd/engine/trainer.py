@@ -87,6 +87,9 @@ class Trainer:
         progress: optional callback receiving :class:`ndkd.progress.Progress` (phase
             ``"train"``) at each epoch end and, when ``progress_every`` > 0, every that many
             steps (each such report is one host-device sync; 0: no sync inside an epoch).
+        sync_every: with several processes, every that many steps they agree on a stop
+            signal and on a checkpoint due by the clock (one small all-reduce); 0: only at
+            epoch ends. Unused with one process, which checks after every step for free.
         sinks: extra epoch-record writers (``append(record)``, e.g. TensorBoard) beside
             ``metrics.jsonl``, on the main process.
     """
@@ -107,6 +110,7 @@ class Trainer:
         config: dict[str, Any] | None = None,
         progress: ProgressFn | None = None,
         progress_every: int = 20,
+        sync_every: int = 20,
         sinks: Iterable[Any] = (),
     ) -> None:
         self.task = task
@@ -117,6 +121,7 @@ class Trainer:
         self.config = config or {}
         self.progress = progress
         self.progress_every = progress_every
+        self.sync_every = sync_every
         self.sinks = list(sinks)
         self.memory_format = torch.channels_last if settings.channels_last else None
         if self.memory_format is not None:
@@ -234,8 +239,8 @@ class Trainer:
         SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption notice) stop the run at the
         next step boundary after writing such a checkpoint, with :class:`RunInterrupted` (a
         second SIGINT stops at once). With one process the signal and the clock are read
-        after every step; with several, where progress is reported (``progress_every``) and
-        at epoch ends, so every process checkpoints and stops at the same step.
+        after every step; with several, every ``sync_every`` steps and at epoch ends, so
+        every process checkpoints and stops at the same step.
         """
         with StopSignals() as self._signals:
             return self._fit()
@@ -310,7 +315,7 @@ class Trainer:
             self._check_finite(totals, epoch)
             means = totals.means(done)
             self.progress(Progress("train", done, steps, epoch + 1, self.settings.epochs, means))
-        sync_point = report or not self.dist.enabled
+        sync_point = not self.dist.enabled or (self.sync_every > 0 and done % self.sync_every == 0)
         stop = self._stop_requested(sync_point)
         if stop or self._checkpoint_due(done, sync_point):
             self._check_finite(totals, epoch)

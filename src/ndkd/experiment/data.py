@@ -1,13 +1,15 @@
-"""The data of a run: splits from the data source, loaders sharded over processes."""
+"""The data of a run: splits from the data source, loaders over this process's share."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ndkd.config import RunConfig
-from ndkd.data import ImageTensorDataset, InMemoryLoader, Splits, load_splits
+from ndkd.data.sources import evaluation_loader, load_splits, probe_images, training_loader
 from ndkd.engine.distributed import DistInfo
 
 PROBE_BATCH = 2
@@ -17,9 +19,10 @@ PROBE_BATCH = 2
 class RunData:
     """A run's splits and the loaders over this process's share of them."""
 
-    splits: Splits
-    train_loader: InMemoryLoader
-    test_loader: InMemoryLoader
+    splits: Any
+    """``ndkd.data.Splits`` (in-memory sets) or ``ImageFolderSplits`` (image folders)."""
+    train_loader: Any
+    test_loader: Iterable
 
     @property
     def num_classes(self) -> int:
@@ -35,11 +38,8 @@ class RunData:
 
     def probe_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """A tiny transformed training batch for sizing a method's modules."""
-        train = self.splits.train
-        images = train.images[:PROBE_BATCH].to(device)
-        if train.transform is not None:
-            images = train.transform(images)
-        return images, train.labels[:PROBE_BATCH].to(device)
+        images = probe_images(self.splits.train, PROBE_BATCH, device)
+        return images, self.splits.train.labels[:PROBE_BATCH].to(device)
 
 
 def per_process_batch(config: RunConfig, dist: DistInfo) -> int:
@@ -52,46 +52,54 @@ def per_process_batch(config: RunConfig, dist: DistInfo) -> int:
     return total // dist.world_size
 
 
-def shard(dataset: ImageTensorDataset, dist: DistInfo) -> ImageTensorDataset:
-    """This process's share of an evaluation set: every sample exactly once over processes."""
-    if not dist.enabled:
-        return dataset
-    part = slice(dist.rank, None, dist.world_size)
-    return ImageTensorDataset(
-        dataset.images[part], dataset.labels[part], dataset.num_classes, dataset.transform
+def _resident(config: RunConfig, device: torch.device) -> torch.device | None:
+    return device if config.data.resident else None
+
+
+def train_loader_of(
+    config: RunConfig, data: RunData, dist: DistInfo, device: torch.device, indices: bool
+) -> Any:
+    """The training loader of this process (``indices``: also yield dataset indices)."""
+    return training_loader(
+        data.splits.train,
+        per_process_batch(config, dist),
+        seed=config.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        resident=_resident(config, device),
+        num_workers=config.data.num_workers,
+        return_indices=indices,
     )
 
 
 def build_data(config: RunConfig, dist: DistInfo, device: torch.device) -> RunData:
     """Read the data set and make the training and evaluation loaders of this process."""
-    splits = load_splits(config.data.name, config.data.root)
-    batch = per_process_batch(config, dist)
-    resident = device if config.data.resident else None
-    train_loader = InMemoryLoader(
-        splits.train,
-        batch,
-        shuffle=True,
-        drop_last=False,
-        device=resident,
+    data = config.data
+    splits = load_splits(data.name, data.root, data.image_size, data.eval_resize)
+    test_loader = evaluation_loader(
+        splits.test,
+        per_process_batch(config, dist),
+        rank=dist.rank,
+        world_size=dist.world_size,
+        resident=_resident(config, device),
+        num_workers=data.num_workers,
+    )
+    run = RunData(splits, None, test_loader)
+    run.train_loader = train_loader_of(config, run, dist, device, indices=False)
+    return run
+
+
+def centers_loader(config: RunConfig, splits: Any, dist: DistInfo, device: torch.device):
+    """One pass over this process's share of the training set for class means, with or
+    without the training augmentation (``centers.transform``)."""
+    augmented = config.centers.transform == "train"
+    dataset = splits.train if augmented else splits.train_without_augmentation()
+    return evaluation_loader(
+        dataset,
+        config.train.batch_size,
         seed=config.seed,
         rank=dist.rank,
         world_size=dist.world_size,
-    )
-    test_loader = InMemoryLoader(shard(splits.test, dist), batch, device=resident)
-    return RunData(splits, train_loader, test_loader)
-
-
-def centers_loader(
-    config: RunConfig, splits: Splits, dist: DistInfo, device: torch.device
-) -> InMemoryLoader:
-    """One pass over this process's share of the training set for class means, with or
-    without the training augmentation (``centers.transform``)."""
-    dataset = (
-        splits.train
-        if config.centers.transform == "train"
-        else (splits.train_without_augmentation())
-    )
-    resident = device if config.data.resident else None
-    return InMemoryLoader(
-        shard(dataset, dist), config.train.batch_size, seed=config.seed, device=resident
+        resident=_resident(config, device),
+        num_workers=config.data.num_workers,
     )

@@ -16,7 +16,7 @@ from ndkd.config import RunConfig
 from ndkd.engine import LAST, DistInfo, Trainer, init_distributed, read_env
 from ndkd.engine.checkpoint import load_checkpoint as load_run_checkpoint
 from ndkd.engine.tensorboard import TensorBoardSink
-from ndkd.experiment.data import RunData, build_data, centers_loader
+from ndkd.experiment.data import RunData, build_data, centers_loader, train_loader_of
 from ndkd.experiment.device import resolve_device
 from ndkd.experiment.method import build_method
 from ndkd.experiment.models import build_model, build_teacher
@@ -60,7 +60,8 @@ def build(config: RunConfig, *, join_process_group: bool = True) -> Experiment:
     student = build_model(config.student, "student", data.num_classes, data.in_channels, device)
     teacher = build_teacher(config.teacher, data.num_classes, data.in_channels, device)
     method = build_method(config, task, data, student, teacher, device, dist)
-    data.train_loader.return_indices = method.requires_indices
+    if method.requires_indices:
+        data.train_loader = train_loader_of(config, data, dist, device, indices=True)
     return Experiment(config, device, dist, task, data, student, teacher, method)
 
 
@@ -102,6 +103,7 @@ def train(
             config=config.to_dict(),
             progress=progress,
             progress_every=config.log.progress_every if step_progress else 0,
+            sync_every=config.log.progress_every,
             sinks=sinks,
         )
         if plan.checkpoint is not None:

@@ -1,0 +1,424 @@
+"""Image folders: listing, bad inputs, transforms, deterministic and resumable loaders."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DistributedSampler
+from torchvision import transforms as T
+from torchvision.transforms import v2
+
+from ndkd.data import imagefolder
+from ndkd.data.imagefolder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_loader,
+    random_resized_crop_box,
+    read_image_folders,
+    train_loader,
+)
+from ndkd.data.sampling import EpochShardSampler
+
+SIZE, EVAL_RESIZE = 32, 36  # small stand-ins for 224 / 256
+
+
+@functools.cache
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
+def write_image_folder(
+    root: Path,
+    classes: int = 10,
+    per_class: int = 3,
+    size: int = 40,
+    val_per_class: int | None = None,
+    names: list[str] | None = None,
+) -> Path:
+    """Write ``root/{train,val}/<class>/<i>.jpg``: scikit-learn digits of class ``c % 10``
+    upscaled to ``size`` x ``size`` RGB (a tint per class, mild noise), as JPEG.
+
+    ``names``: class folder names (default ``class_00``...); ``val_per_class`` defaults to
+    ``per_class``. Returns ``root``.
+    """
+    images, targets = _digits()
+    names = names or [f"class_{c:02d}" for c in range(classes)]
+    rng = np.random.default_rng(0)
+    counts = {"train": per_class, "val": per_class if val_per_class is None else val_per_class}
+    for c, name in enumerate(names):
+        pool = images[targets == c % 10]
+        tint = np.array([1.0, 0.5 + 0.05 * c, 1.0 - 0.04 * c])
+        taken = 0
+        for split, count in counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                gray = Image.fromarray((pool[taken % len(pool)] * 255 / 16).astype(np.uint8))
+                taken += 1
+                big = np.asarray(gray.resize((size, size), Image.BILINEAR), dtype=np.float64)
+                rgb = big[..., None] * tint + rng.normal(0, 6, (size, size, 3))
+                Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(folder / f"{i:03d}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """10 classes, 3 training and 1 validation image each, plus a hidden file, a non-image
+    file and an upper-case extension."""
+    root = write_image_folder(tmp_path_factory.mktemp("imagefolder"), per_class=3, val_per_class=1)
+    train = root / "train"
+    (train / "class_00" / ".hidden.jpg").write_bytes(b"not read")
+    (train / "class_00" / "notes.txt").write_text("not an image")
+    (train / ".cache").mkdir()
+    (train / "class_01" / "002.jpg").rename(train / "class_01" / "002.JPEG")
+    return root
+
+
+def _splits(root: Path):
+    return read_image_folders(root, image_size=SIZE, eval_resize=EVAL_RESIZE)
+
+
+def _epoch(loader) -> list[tuple[torch.Tensor, ...]]:
+    return [tuple(t.clone() for t in batch) for batch in loader]
+
+
+def _same(a: list[tuple[torch.Tensor, ...]], b: list[tuple[torch.Tensor, ...]]) -> bool:
+    return len(a) == len(b) and all(
+        all(torch.equal(x, y) for x, y in zip(p, q)) for p, q in zip(a, b)
+    )
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def test_reads_class_order_labels_and_files(folder):
+    splits = _splits(folder)
+    assert splits.classes == [f"class_{c:02d}" for c in range(10)]
+    assert splits.num_classes == 10 and splits.test is splits.val
+    assert (len(splits.train), len(splits.val)) == (30, 10)
+    labels = splits.train.labels
+    assert labels.dtype == torch.int64 and labels.tolist() == sorted(labels.tolist())
+    for i in range(len(splits.train)):
+        path = splits.train.path(i)
+        assert path.parent.name == splits.classes[int(labels[i])]
+        assert path.suffix.lower() in {".jpg", ".jpeg"} and not path.name.startswith(".")
+    assert splits.train.path(5).name == "002.JPEG"  # upper case accepted, sorted per class
+    assert splits.describe() == {
+        "name": "imagefolder",
+        "num_classes": 10,
+        "train_samples": 30,
+        "test_samples": 10,
+        "classes": splits.classes,
+    }
+
+
+def test_class_order_is_sorted_folder_names(tmp_path):
+    names = ["zebra", "Apple", "mango", "10", "9"]
+    splits = _splits(write_image_folder(tmp_path, per_class=1, names=names))
+    assert splits.classes == sorted(names)
+    for i in range(len(splits.val)):
+        assert splits.val.path(i).parent.name == splits.classes[int(splits.val.labels[i])]
+
+
+def test_imagenet_like_folder_reports_standard_sizes(tmp_path):
+    splits = _splits(write_image_folder(tmp_path, per_class=1, names=["n01440764"]))
+    splits.classes = [f"n{c:08d}" for c in range(1000)]  # only describe() looks at these
+    facts = splits.describe()
+    assert facts["standard_size"] is False and facts["standard_train_samples"] == 1_281_167
+
+
+@pytest.mark.parametrize("missing", ["train", "val"])
+def test_missing_split(tmp_path, missing):
+    root = write_image_folder(tmp_path, classes=2, per_class=1)
+    for path in sorted((root / missing).rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (root / missing).rmdir()
+    with pytest.raises(FileNotFoundError, match=str(root / missing)):
+        _splits(root)
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        _splits(tmp_path / "nowhere")
+
+
+def test_class_in_one_split_only(tmp_path):
+    root = write_image_folder(tmp_path, classes=3, per_class=1)
+    (root / "train" / "class_02").rename(root / "train" / "extra")
+    with pytest.raises(ValueError, match="only in .*train: extra.*only in .*val: class_02"):
+        _splits(root)
+
+
+def test_empty_class_folder(tmp_path):
+    root = write_image_folder(tmp_path, classes=3, per_class=1)
+    (root / "val" / "class_01" / "000.jpg").rename(root / "val" / "class_01" / "000.txt")
+    with pytest.raises(ValueError, match="without images.*" + str(root / "val" / "class_01")):
+        _splits(root)
+
+
+def test_no_classes(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(ValueError, match="no class folders"):
+        _splits(tmp_path)
+
+
+def test_flat_val_folder(tmp_path):
+    root = write_image_folder(tmp_path, classes=2, per_class=1)
+    for path in (root / "val").glob("*/*.jpg"):
+        path.rename(root / "val" / f"img_{path.parent.name}_{path.name}")
+    for path in (root / "val").glob("class_*"):
+        path.rmdir()
+    with pytest.raises(ValueError, match=f"{root / 'val'} holds no class folders"):
+        _splits(root)
+
+
+def test_corrupt_image_is_refused_with_its_name(tmp_path):
+    root = write_image_folder(tmp_path, classes=2, per_class=2)
+    broken = root / "train" / "class_01" / "001.jpg"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated JPEG
+    splits = _splits(root)
+    with pytest.raises(ValueError, match=f"cannot read image {broken}"):
+        _epoch(train_loader(splits.train, 2, seed=0))
+    (root / "val" / "class_00" / "000.jpg").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read image .*class_00.000.jpg"):
+        splits.val[0]
+
+
+def test_other_formats_and_modes_decode_as_pillow_does(tmp_path):
+    root = write_image_folder(tmp_path, classes=1, per_class=1)
+    folder = root / "train" / "class_00"
+    source = Image.open(folder / "000.jpg")
+    source.convert("L").save(folder / "gray.jpg")
+    source.convert("CMYK").save(folder / "cmyk.jpg")
+    source.save(folder / "progressive.jpeg", progressive=True, quality=75)
+    source.convert("RGBA").save(folder / "alpha.png")
+    source.convert("P").save(folder / "palette.png")
+    source.save(folder / "disguised.JPEG", format="PNG")  # as in ImageNet's training set
+    source.save(folder / "bitmap.bmp")
+    source.save(folder / "tiff.TIF")
+    splits = _splits(root)
+    train = splits.train_without_augmentation()
+    assert len(train) == 9
+    for i in range(len(train)):
+        path = train.path(i)
+        pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(imagefolder.decode_image(path), pixels), path.name
+        image, label = train[i]
+        assert image.shape == (3, SIZE, SIZE) and label == 0
+
+
+# --- transforms ------------------------------------------------------------------------
+
+
+def _unnormalize(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return images * std + mean
+
+
+def test_eval_transform_equals_torchvision(folder):
+    splits = read_image_folders(folder, image_size=SIZE, eval_resize=EVAL_RESIZE)
+    normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    tensor_pipeline = v2.Compose(
+        [v2.PILToTensor(), v2.Resize(EVAL_RESIZE), v2.CenterCrop(SIZE), *normalize]
+    )
+    pil_pipeline = T.Compose(
+        [
+            T.Resize(EVAL_RESIZE),
+            T.CenterCrop(SIZE),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    for i in range(len(splits.val)):
+        image = Image.open(splits.val.path(i)).convert("RGB")
+        ours, label = splits.val[i]
+        assert label == int(splits.val.labels[i])
+        assert torch.equal(ours, tensor_pipeline(image))  # bit for bit
+        pil = pil_pipeline(image)  # the classic PIL pipeline: within resampling rounding
+        difference = (_unnormalize(ours) - _unnormalize(pil)).abs()
+        assert difference.mean() < 1 / 255 and difference.max() <= 3 / 255 + 1e-6
+
+
+def test_train_transform_is_torchvision_crop_and_flip(folder):
+    """A drawn crop box + flip applied by torchvision gives our tensor exactly."""
+    train = _splits(folder).train.with_seed(3)
+    for index in range(4):
+        ours, _ = train[(index, 2)]
+        rng = np.random.default_rng([3, 2, index])
+        draws = rng.random(41).tolist()
+        pixels = v2.PILToTensor()(Image.open(train.path(index)).convert("RGB"))
+        top, left, h, w = random_resized_crop_box(*pixels.shape[1:], draws)
+        crop = v2.functional.resized_crop(pixels, top, left, h, w, [SIZE, SIZE])
+        if draws[40] < 0.5:
+            crop = v2.functional.horizontal_flip(crop)
+        expected = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(
+            v2.ToDtype(torch.float32, scale=True)(crop)
+        )
+        assert torch.equal(ours, expected)
+
+
+def test_crop_boxes_follow_random_resized_crop():
+    """Same distribution as torchvision's RandomResizedCrop.get_params (other random draws)."""
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    ours, reference = [], []
+    for _ in range(3000):
+        top, left, h, w = random_resized_crop_box(375, 500, rng.random(40).tolist())
+        assert 0 <= top <= 375 - h and 0 <= left <= 500 - w and h > 0 and w > 0
+        ours.append((h * w / (375 * 500), w / h, (top + h / 2) / 375, (left + w / 2) / 500))
+        top, left, h, w = T.RandomResizedCrop.get_params(
+            torch.empty(3, 375, 500), (0.08, 1.0), (3 / 4, 4 / 3)
+        )
+        reference.append((h * w / (375 * 500), w / h, (top + h / 2) / 375, (left + w / 2) / 500))
+    ours, reference = np.array(ours), np.array(reference)
+    assert ours[:, 0].min() > 0.07 and ours[:, 0].max() <= 1.0
+    assert ours[:, 1].min() > 0.74 and ours[:, 1].max() < 1.35
+    np.testing.assert_allclose(ours.mean(0), reference.mean(0), atol=0.02)
+    np.testing.assert_allclose(ours.std(0), reference.std(0), atol=0.02)
+    # A degenerate strip falls back to the largest central crop within the ratio range.
+    assert random_resized_crop_box(10, 1000, [0.99] * 40) == (0, 493, 10, 13)
+
+
+# --- loaders ---------------------------------------------------------------------------
+
+
+def test_train_batches(folder):
+    splits = _splits(folder)
+    loader = train_loader(splits.train, 8, seed=0, pin_memory=False)
+    assert len(loader) == 4  # 30 samples: 3 full batches and one of 6
+    batches = _epoch(loader)
+    assert [len(b[0]) for b in batches] == [8, 8, 8, 6]
+    images, labels = batches[0]
+    assert images.shape == (8, 3, SIZE, SIZE) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64
+    pixels = _unnormalize(torch.cat([b[0] for b in batches]))
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == splits.train.labels.tolist()
+    loader = train_loader(splits.train, 8, seed=0, drop_last=True, return_indices=True)
+    batches = _epoch(loader)
+    assert len(loader) == len(batches) == 3 and len(batches[0]) == 3
+    for _, labels, indices in batches:
+        assert torch.equal(labels, splits.train.labels[indices])
+
+
+def test_same_seed_and_epoch_give_identical_batches_with_any_worker_count(folder):
+    splits = _splits(folder)
+    runs = {}
+    for workers in (0, 2):
+        loader = train_loader(splits.train, 7, seed=5, num_workers=workers, return_indices=True)
+        epochs = []
+        for epoch in (0, 1, 3):
+            loader.set_epoch(epoch)
+            epochs.append(_epoch(loader))
+        runs[workers] = epochs
+    assert all(_same(a, b) for a, b in zip(runs[0], runs[2]))
+    first, second, _ = runs[0]
+    assert not torch.equal(first[0][2], second[0][2])  # a new order each epoch
+    # Each sample's crop depends on (seed, epoch, index) only, not on its batch position.
+    dataset = splits.train.with_seed(5)
+    for epoch, batches in zip((0, 1, 3), runs[0]):
+        for images, _, indices in batches[:2]:
+            for image, index in zip(images, indices.tolist()):
+                assert torch.equal(image, dataset[(index, epoch)][0])
+    assert not torch.equal(dataset[(0, 0)][0], dataset[(0, 1)][0])  # new crops each epoch
+    assert not torch.equal(dataset[(0, 0)][0], splits.train.with_seed(6)[(0, 0)][0])
+
+
+def test_start_at_resumes_mid_epoch_without_loading_skipped_batches(folder, monkeypatch):
+    splits = _splits(folder)
+    loader = train_loader(splits.train, 4, seed=1, return_indices=True)
+    loader.set_epoch(2)
+    full = _epoch(loader)
+    decoded = []
+    original = imagefolder.decode_image
+    monkeypatch.setattr(
+        imagefolder, "decode_image", lambda path: decoded.append(path) or original(path)
+    )
+    resumed = train_loader(splits.train, 4, seed=1, return_indices=True)
+    resumed.set_epoch(2)
+    resumed.start_at(5)
+    assert _same(_epoch(resumed), full[5:])
+    assert len(decoded) == sum(len(b[0]) for b in full[5:])
+    assert _same(_epoch(resumed), full)  # the skip applies to one iteration only
+    with pytest.raises(ValueError, match="step"):
+        resumed.start_at(len(resumed) + 1)
+
+
+def test_start_at_with_workers(folder):
+    splits = _splits(folder)
+    loader = train_loader(splits.train, 4, seed=1, num_workers=2)
+    loader.set_epoch(1)
+    full = _epoch(loader)
+    loader.start_at(3)
+    assert _same(_epoch(loader), full[3:])
+
+
+def test_shards_match_distributed_sampler(folder):
+    train = _splits(folder).train
+    dataset = list(range(len(train) - 1))  # 29: odd, so the shards are padded
+    seen = Counter()
+    for rank in range(2):
+        reference = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=4)
+        ours = EpochShardSampler(len(dataset), seed=4, rank=rank, world_size=2)
+        for epoch in (0, 1):
+            reference.set_epoch(epoch)
+            ours.set_epoch(epoch)
+            keys = list(ours)
+            assert [i for i, _ in keys] == list(reference)
+            assert {e for _, e in keys} == {epoch}
+            seen.update(i for i, _ in keys) if epoch == 0 else None
+    assert sum(seen.values()) == 30 and set(seen) == set(dataset)
+
+
+def test_eval_loader_covers_each_sample_once_over_ranks(tmp_path):
+    splits = _splits(write_image_folder(tmp_path, classes=3, per_class=1, val_per_class=5))
+    assert len(splits.val) == 15
+    whole = _epoch(eval_loader(splits.val, 4, return_indices=True))
+    assert torch.cat([b[2] for b in whole]).tolist() == list(range(15))
+    indices = []
+    for rank in range(2):
+        loader = eval_loader(splits.val, 4, rank=rank, world_size=2, return_indices=True)
+        for images, labels, batch_indices in loader:
+            assert torch.equal(labels, splits.val.labels[batch_indices])
+            for image, index in zip(images, batch_indices.tolist()):
+                assert torch.equal(image, whole[index // 4][0][index % 4])
+            indices += batch_indices.tolist()
+    assert sorted(indices) == list(range(15))
+    images, labels = next(iter(eval_loader(splits.val, 16, rank=1, world_size=2)))
+    assert (
+        images.shape == (7, 3, SIZE, SIZE) and labels.tolist() == splits.val.labels[1::2].tolist()
+    )
+
+
+def test_train_without_augmentation(folder):
+    splits = _splits(folder)
+    plain = splits.train_without_augmentation()
+    assert len(plain) == len(splits.train) and plain.transform == splits.val.transform
+    assert torch.equal(plain[(3, 0)][0], plain[(3, 7)][0])  # no augmentation
+    labels = torch.cat([b[1] for b in eval_loader(plain, 8, num_workers=2)])
+    assert torch.equal(labels, splits.train.labels)
+    batches = _epoch(train_loader(plain, 8, seed=0))
+    assert sum(len(b[0]) for b in batches) == len(plain)
+
+
+def test_bad_loader_arguments(folder):
+    train = _splits(folder).train
+    with pytest.raises(ValueError, match="rank"):
+        train_loader(train, 4, seed=0, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        eval_loader(train, 0)
+    with pytest.raises(ValueError, match="seed"):
+        train_loader(train, 4, seed=-1)
+    with pytest.raises(IndexError):
+        train[len(train)]

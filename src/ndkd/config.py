@@ -98,7 +98,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = ""
-    """Model zoo name (``ndkd.models.list_models()``); empty for no model."""
+    """A CIFAR zoo name (``ndkd.models.list_models()``), ``mobilenet_v1``
+    (``list_models("imagenet")``), ``torchvision:NAME`` (any torchvision classifier) or
+    ``timm:NAME`` (any timm model); empty for no model."""
     checkpoint: str | None = None
     """Weights to load (public ``{"model": state_dict}`` layout or a bare state dict)."""
     pretrained: bool = False
@@ -590,7 +592,7 @@ def _validate(config: RunConfig) -> None:
     if config.data.name not in names:
         raise ConfigError(f"data.name: expected one of {names}, found {config.data.name!r}")
     if not config.student.arch:
-        raise ConfigError("student.arch: required (a name from ndkd.models.list_models())")
+        raise ConfigError("student.arch: required (a zoo name, torchvision:NAME or timm:NAME)")
     if not config.terms:
         raise ConfigError("terms: at least one loss term is required (e.g. {name: ce})")
     term_names = [term.name for term in config.terms]

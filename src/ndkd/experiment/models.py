@@ -18,7 +18,9 @@ def build_model(
 
     ``role`` (``"student"``/``"teacher"``) names the config section in error messages.
     """
-    model = create_model(spec.arch, num_classes, in_channels=in_channels)
+    model = create_model(
+        spec.arch, num_classes, in_channels=in_channels, pretrained=spec.pretrained
+    )
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         if not path.exists():

@@ -147,3 +147,21 @@ def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
         elif isinstance(module, nn.Linear) and linear_std is not None:
             nn.init.normal_(module.weight, std=linear_std)
             nn.init.zeros_(module.bias)
+
+
+def replace_stem_conv(model: nn.Module, in_channels: int) -> None:
+    """Replace the first ``Conv2d`` that ``model`` registers by one taking ``in_channels``
+    channels (same name and geometry, Kaiming-normal init)."""
+    name, stem = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    conv = nn.Conv2d(
+        in_channels,
+        stem.out_channels,
+        stem.kernel_size,
+        stem.stride,
+        stem.padding,
+        dilation=stem.dilation,
+        groups=1,
+        bias=stem.bias is not None,
+    )
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    model.set_submodule(name, conv)

@@ -1,13 +1,14 @@
-"""Names of the CIFAR zoo and the factory that builds them."""
+"""The one model factory: the ndkd zoo (plain names), ``torchvision:NAME`` and ``timm:NAME``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
-from torch import nn
-
-from ndkd.models.base import ZooModel
+from ndkd.models.base import ZooModel, replace_stem_conv
+from ndkd.models.external import SourceModel
+from ndkd.models.mobilenetv1 import MobileNetV1
 from ndkd.models.mobilenetv2 import MobileNetV2
 from ndkd.models.resnet50_cifar import CifarResNet50
 from ndkd.models.resnet_cifar import THIN, WIDE, CifarResNet
@@ -28,44 +29,91 @@ _MODELS: dict[str, Callable[[int], ZooModel]] = {
     "shufflenetv1": ShuffleNetV1,
     "shufflenetv2": ShuffleNetV2,
 }
+_IMAGENET_MODELS: dict[str, Callable[[int], ZooModel]] = {"mobilenet_v1": MobileNetV1}
+_ZOO = {**_MODELS, **_IMAGENET_MODELS}
+SOURCES = ("torchvision", "timm")
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, in zoo order."""
-    return list(_MODELS)
+def list_models(source: str = "cifar") -> list[str]:
+    """Names accepted by :func:`create_model`.
+
+    ``"cifar"``: the CIFAR zoo, in zoo order; ``"imagenet"``: ndkd's own ImageNet models
+    (``mobilenet_v1``); ``"torchvision"``/``"timm"``: that library's classifiers, prefixed
+    (``"torchvision:resnet18"``, ``"timm:vit_small_patch16_224"``).
+    """
+    if source == "cifar":
+        return list(_MODELS)
+    if source == "imagenet":
+        return list(_IMAGENET_MODELS)
+    if source == "torchvision":
+        from ndkd.models.torchvision_models import classifier_names
+
+        return [f"torchvision:{name}" for name in classifier_names()]
+    if source == "timm":
+        import timm
+
+        return [f"timm:{name}" for name in timm.list_models()]
+    raise ValueError(
+        f"unknown model source {source!r}; available: cifar, imagenet, {', '.join(SOURCES)}"
+    )
 
 
-def create_model(name: str, num_classes: int = 100, in_channels: int = 3) -> ZooModel:
-    """Build the CIFAR model ``name`` with a ``num_classes``-way classifier.
+def create_model(
+    name: str,
+    num_classes: int = 100,
+    in_channels: int = 3,
+    pretrained: bool = False,
+    **options: Any,
+) -> ZooModel | SourceModel:
+    """Build model ``name`` with a ``num_classes``-way classifier under the output contract.
+
+    ``name`` is a zoo name (``list_models("cifar")``, ``list_models("imagenet")``),
+    ``"torchvision:NAME"`` (any classifier of ``torchvision.models``, see
+    :mod:`ndkd.models.torchvision_models`) or ``"timm:NAME"`` (any timm model with a final
+    ``nn.Linear``, see :mod:`ndkd.models.timm_models`); those keep their library's state-dict
+    keys. ``options`` go to the torchvision/timm builder
+    (e.g. ``img_size=32`` for a timm ViT); zoo models take none.
 
     ``in_channels`` other than 3 (e.g. 1 for the gray digits) replaces the stem convolution,
-    the first ``Conv2d`` of every zoo model, by one with that many input channels (same
-    name, Kaiming-normal init); the public checkpoints then no longer fit, by design.
+    the first ``Conv2d``, by one with that many input channels (same name, Kaiming-normal
+    init; timm adapts it itself through ``in_chans``); the public checkpoints then no longer
+    fit, by design. ``pretrained`` asks torchvision (``weights="DEFAULT"``) or timm for their
+    weights (local cache first, else a download); the zoo has none.
 
     Raises:
-        ValueError: ``name`` is not in :func:`list_models`, or ``in_channels < 1``.
+        ValueError: unknown name or source, ``in_channels < 1``, options for a zoo model,
+            ``pretrained`` for a zoo model or weights that cannot be fetched (one line), a
+            torchvision/timm model whose final layer is not an ``nn.Linear``.
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(_MODELS)}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be positive, got {in_channels}")
-    model = _MODELS[name](num_classes=num_classes)
+    source, _, arch = name.rpartition(":")
+    if source == "torchvision":
+        from ndkd.models.torchvision_models import create_torchvision_model
+
+        return create_torchvision_model(arch, num_classes, in_channels, pretrained, **options)
+    if source == "timm":
+        from ndkd.models.timm_models import create_timm_model
+
+        return create_timm_model(arch, num_classes, in_channels, pretrained, **options)
+    if source:
+        raise ValueError(
+            f"unknown model source {source!r} in {name!r}; available: "
+            f"{', '.join(f'{s}:NAME' for s in SOURCES)}, or a zoo name"
+        )
+    if name not in _ZOO:
+        raise ValueError(
+            f"unknown model {name!r}; zoo names: {', '.join(_ZOO)}; or torchvision:NAME, "
+            "timm:NAME (ndkd.models.list_models('torchvision'|'timm'))"
+        )
+    if pretrained:
+        raise ValueError(
+            f"{name}: the ndkd zoo has no pretrained weights; give a checkpoint "
+            "(or use torchvision:NAME / timm:NAME for pretrained ImageNet models)"
+        )
+    if options:
+        raise ValueError(f"{name}: zoo models take no options, got {', '.join(options)}")
+    model = _ZOO[name](num_classes=num_classes)
     if in_channels != 3:
-        _replace_stem_conv(model, in_channels)
+        replace_stem_conv(model, in_channels)
     return model
-
-
-def _replace_stem_conv(model: nn.Module, in_channels: int) -> None:
-    name, stem = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    conv = nn.Conv2d(
-        in_channels,
-        stem.out_channels,
-        stem.kernel_size,
-        stem.stride,
-        stem.padding,
-        groups=1,
-        bias=stem.bias is not None,
-    )
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, conv)

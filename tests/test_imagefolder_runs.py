@@ -86,3 +86,34 @@ def test_sigterm_mid_epoch_resumes_to_the_uninterrupted_metrics(tmp_path, folder
     assert comparable(tmp_path / "b" / "metrics.jsonl") == comparable(
         tmp_path / "a" / "metrics.jsonl"
     )
+
+
+def test_torchvision_kdpp_on_an_image_folder(tmp_path, folder, capsys):
+    import torch
+
+    from ndkd.models import create_model
+
+    teacher = tmp_path / "resnet34.pth"
+    torch.save(create_model("torchvision:resnet34", 6).state_dict(), teacher)
+    config = write_config(tmp_path / "c.yaml", folder, tmp_path / "run", epochs=1)
+    centers = tmp_path / "centers.safetensors"
+    common = [
+        "teacher.arch=torchvision:resnet34",
+        f"teacher.checkpoint={teacher}",
+        "student.arch=torchvision:resnet18",
+        f"centers.path={centers}",
+    ]
+    assert main(["centers", "-c", config, *common]) == 0
+    assert ClassMeans.load(centers).means.shape == (6, 512)
+    terms = [
+        "terms=[{name: ce}, {name: kd, weight: 2.5, temperature: 1, warmup_epochs: 5},"
+        " {name: nd, weight: 1.0, projector_init_std: 0.01}]"
+    ]
+    assert main(["train", "-c", config, *common, *terms]) == 0
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert record["loss/nd"] > 0 and record["test_samples"] == 48
+    capsys.readouterr()
+    offline = ["student.pretrained=true", f"output_dir={tmp_path / 'other'}"]
+    assert main(["train", "-c", config, *common, *terms, *offline]) == 2
+    err = capsys.readouterr().err
+    assert "pretrained weights could not be downloaded" in err and err.count("\n") == 1

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ndkd.checks import check_count
 from ndkd.losses.reviewkd import hcl_loss
 from ndkd.methods.base import BuildContext, StepOutputs, Term, need_teacher, need_teacher_probe
 from ndkd.methods.registry import register
@@ -76,15 +77,19 @@ class ReviewKDTerm(Term):
     Level ``i`` pairs the student's ``i``-th map of :func:`student_levels` with the teacher's
     of :func:`teacher_levels` (stages after the stem, then the pooled embedding), as the public
     CIFAR code does. One :class:`AttentionFusion` per level, sized from the probed channels
-    (fusion width ``min(512, student embedding dim)``), runs from the deepest level (no fusion)
-    to the shallowest, each fusing the previous one's map (the review path); their outputs
-    are resized to the teacher's maps. The ABF modules are trained with the student.
+    (fusion width ``mid_channels``, default ``min(512, student embedding dim)`` as the public
+    CIFAR code; its ImageNet R50 -> MobileNet-V1 setting is 256), runs from the deepest level
+    (no fusion) to the shallowest, each fusing the previous one's map (the review path);
+    their outputs are resized to the teacher's maps. The ABF modules are trained with the
+    student.
     """
 
     requires_teacher = True
 
-    def __init__(self, context: BuildContext) -> None:
+    def __init__(self, context: BuildContext, mid_channels: int | None = None) -> None:
         super().__init__()
+        if mid_channels is not None:
+            check_count("reviewkd: mid_channels", mid_channels)
         students = student_levels(context.student_probe)
         teachers = teacher_levels(need_teacher_probe("reviewkd", context))
         if len(students) != len(teachers):
@@ -93,7 +98,8 @@ class ReviewKDTerm(Term):
                 f"embeddings; the student has {len(students) - 1} such stages, the teacher "
                 f"{len(teachers) - 1}"
             )
-        mid_channels = min(MAX_MID_CHANNELS, students[-1].shape[1])
+        if mid_channels is None:
+            mid_channels = min(MAX_MID_CHANNELS, students[-1].shape[1])
         last = len(students) - 1
         self.abfs = nn.ModuleList(
             AttentionFusion(s.shape[1], mid_channels, t.shape[1], fuse=index < last)

@@ -262,7 +262,10 @@ def test_output_paths_that_are_folders(tmp_path, digits_teacher, capsys):
     assert "folder" in err
     (tmp_path / "demo-file").write_text("x")
     err = refused(capsys, "demo", "--output", str(tmp_path / "demo-file"), "--quick")
-    assert "demo-file" in err
+    assert "demo-file: is a file" in err
+    assert not (tmp_path / "demo-file").is_dir()  # refused before any training
+    err = refused(capsys, "analyze", str(tmp_path), "-o", str(tmp_path / "demo-file"))
+    assert "demo-file: is a file" in err
 
 
 def test_nonstandard_cifar_size_is_recorded_in_the_run_folder(tmp_path, capsys):

@@ -123,6 +123,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_folder(path: str, option: str) -> Path:
+    """``path`` as an output folder, refused up front when it names an existing file."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {path}: is a file; expected a folder to write into")
+    return folder
+
+
 def _position(checkpoint: dict) -> str:
     epoch, step = int(checkpoint["epoch"]), int(checkpoint.get("step", 0))
     return f"in epoch {epoch + 1} at step {step}" if step else f"after epoch {epoch}"
@@ -159,7 +167,9 @@ def _demo(args: argparse.Namespace) -> int:
     from ndkd.demo import QUICK, DemoSettings, results_table, run_demo, write_report
 
     settings = dataclasses.replace(
-        QUICK if args.quick else DemoSettings(), output=Path(args.output), device=args.device
+        QUICK if args.quick else DemoSettings(),
+        output=_output_folder(args.output, "--output"),
+        device=args.device,
     )
     if args.seeds is not None:
         if args.seeds < 1:
@@ -186,6 +196,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from ndkd.analysis.run_features import collect_run_features
     from ndkd.analysis.runs import find_run_dirs, read_run
 
+    _output_folder(args.output, "-o")
     runs = [read_run(path) for path in find_run_dirs(args.runs)]
     groups = group_runs(runs)
     features = None

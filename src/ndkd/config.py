@@ -93,6 +93,14 @@ class DataConfig:
     """Image folders: the training crop (RandomResizedCrop) and the evaluation centre crop."""
     eval_resize: int = 256
     """Image folders: the shorter side evaluation images are resized to before the crop."""
+    rand_augment: str = ""
+    """Image folders: timm's RandAugment policy string added to the training transform
+    (e.g. ``rand-m9-mstd0.5-inc1``, the DeiT recipe); empty: off."""
+    random_erasing: float = 0.0
+    """Image folders: probability of timm's random erasing on a training image; 0: off."""
+    repeated_augmentations: int = 0
+    """Image folders: repeated augmentation (each sample seen this many times per epoch,
+    differently augmented, on different processes; DeiT uses 3); 0: off."""
 
 
 @dataclass
@@ -106,6 +114,8 @@ class ModelConfig:
     pretrained: bool = False
     """``torchvision:``/``timm:`` models: start from that library's ImageNet weights
     (downloaded by it: needs internet on first use)."""
+    drop_path: float = 0.0
+    """``timm:`` models: stochastic depth rate (``drop_path_rate``); 0: off."""
 
 
 @dataclass
@@ -138,10 +148,27 @@ class TrainConfig:
     batch_size: int = 128
     """Total batch over all processes."""
     lr: float = 0.1
+    lr_reference_batch: int = 0
+    """0: ``lr`` is the learning rate. N > 0: ``lr`` is per N images and the run uses
+    ``lr * batch_size / N`` (the linear scaling rule, stated in the config, logged)."""
+    min_lr: float = 0.0
+    """Cosine schedule: the learning rate it decays to (absolute)."""
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    """``sgd`` (momentum, optional Nesterov) or ``adamw`` (``betas``)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's (beta1, beta2)."""
     momentum: float = 0.9
     nesterov: bool = True
     """Nesterov momentum (needs ``momentum > 0``)."""
     weight_decay: float = 5e-4
+    decay_norms_and_biases: bool = True
+    """false: no weight decay on normalization weights, biases, position embeddings and
+    class/distillation tokens (the ViT recipes); true: every parameter decays."""
+    clip_grad_norm: float = 0.0
+    """Clip the global gradient norm to this value; 0: off."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the student's weights with this decay (e.g.
+    0.99996) and evaluate it alongside (``ema_test_*`` metrics); 0: off."""
     schedule: Literal["multistep", "cosine"] = "multistep"
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
@@ -572,10 +599,27 @@ def _validate(config: RunConfig) -> None:
         "log.progress_every": config.log.progress_every,
         "train.checkpoint_every_steps": train.checkpoint_every_steps,
         "train.checkpoint_every_minutes": train.checkpoint_every_minutes,
+        "train.lr_reference_batch": train.lr_reference_batch,
+        "train.min_lr": train.min_lr,
+        "train.clip_grad_norm": train.clip_grad_norm,
+        "data.random_erasing": config.data.random_erasing,
+        "data.repeated_augmentations": config.data.repeated_augmentations,
+        "student.drop_path": config.student.drop_path,
+        "teacher.drop_path": config.teacher.drop_path,
     }.items():
         if value < 0:
             raise ConfigError(f"{key}: must be non-negative, found {value}")
-    if train.nesterov and train.momentum <= 0:
+    for key, value in {
+        "train.betas": train.betas,
+        "train.ema_decay": [train.ema_decay],
+        "data.random_erasing": [config.data.random_erasing],
+        "student.drop_path": [config.student.drop_path],
+    }.items():
+        if not all(0 <= v < 1 for v in value):
+            raise ConfigError(f"{key}: values must be in [0, 1), found {value}")
+    if len(train.betas) != 2:
+        raise ConfigError(f"train.betas: expected two numbers (beta1, beta2), found {train.betas}")
+    if train.nesterov and train.momentum <= 0 and train.optimizer == "sgd":
         raise ConfigError(
             "train.nesterov: Nesterov needs train.momentum > 0 (found "
             f"{train.momentum}); set train.nesterov=false or a positive train.momentum"

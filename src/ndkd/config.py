@@ -101,6 +101,16 @@ class DataConfig:
     repeated_augmentations: int = 0
     """Image folders: repeated augmentation (each sample seen this many times per epoch,
     differently augmented, on different processes; DeiT uses 3); 0: off."""
+    mixup: float = 0.0
+    """Mixup of training batches: Beta(alpha, alpha) with this alpha (DeiT: 0.8); 0: off.
+    The ``ce`` term then takes the mixed class weights as soft targets and ``nd`` the class
+    means mixed by the same weights."""
+    cutmix: float = 0.0
+    """CutMix of training batches with this Beta alpha (DeiT: 1.0); 0: off."""
+    mixup_prob: float = 1.0
+    """Probability that a training batch is mixed (when mixup or cutmix is on)."""
+    mixup_switch_prob: float = 0.5
+    """With both on: probability of CutMix rather than mixup for a batch."""
 
 
 @dataclass
@@ -604,6 +614,8 @@ def _validate(config: RunConfig) -> None:
         "train.clip_grad_norm": train.clip_grad_norm,
         "data.random_erasing": config.data.random_erasing,
         "data.repeated_augmentations": config.data.repeated_augmentations,
+        "data.mixup": config.data.mixup,
+        "data.cutmix": config.data.cutmix,
         "student.drop_path": config.student.drop_path,
         "teacher.drop_path": config.teacher.drop_path,
     }.items():
@@ -617,6 +629,12 @@ def _validate(config: RunConfig) -> None:
     }.items():
         if not all(0 <= v < 1 for v in value):
             raise ConfigError(f"{key}: values must be in [0, 1), found {value}")
+    for key, value in {
+        "data.mixup_prob": config.data.mixup_prob,
+        "data.mixup_switch_prob": config.data.mixup_switch_prob,
+    }.items():
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{key}: must be a probability in [0, 1], found {value}")
     if len(train.betas) != 2:
         raise ConfigError(f"train.betas: expected two numbers (beta1, beta2), found {train.betas}")
     if train.nesterov and train.momentum <= 0 and train.optimizer == "sgd":

@@ -24,9 +24,17 @@ from ndkd.experiment.run_folder import OpenRun, RunPlan, plan_run
 from ndkd.methods import Distiller
 from ndkd.models import CheckpointMismatchError, load_checkpoint
 from ndkd.progress import ProgressFn
-from ndkd.tasks import Task, build_task
+from ndkd.tasks import BatchMixer, Task, build_task
 
 DATASET = "dataset.json"
+
+
+def batch_mixer(config: RunConfig, num_classes: int) -> BatchMixer | None:
+    """Mixup / CutMix of training batches as ``data.mixup``/``data.cutmix`` say (None: off)."""
+    data = config.data
+    if not (data.mixup or data.cutmix):
+        return None
+    return BatchMixer(num_classes, data.mixup, data.cutmix, data.mixup_prob, data.mixup_switch_prob)
 
 
 @dataclass
@@ -55,8 +63,8 @@ def _setup(config: RunConfig, join_process_group: bool) -> tuple[DistInfo, torch
 def build(config: RunConfig, *, join_process_group: bool = True) -> Experiment:
     """Build and check everything a training run of ``config`` needs (the ``--dry-run``)."""
     dist, device = _setup(config, join_process_group)
-    task = build_task(config.task)
     data = build_data(config, dist, device)
+    task = build_task(config.task, mixer=batch_mixer(config, data.num_classes))
     student = build_model(config.student, "student", data.num_classes, data.in_channels, device)
     teacher = build_teacher(config.teacher, data.num_classes, data.in_channels, device)
     method = build_method(config, task, data, student, teacher, device, dist)
@@ -157,8 +165,8 @@ def trained_student(
     """The student with the weights of ``checkpoint`` (default: the run's ``last.pt``), the
     run's data, device and task: no teacher, no class means, no method."""
     dist, device = _setup(config, join_process_group)
-    task = build_task(config.task)
     data = build_data(config, dist, device)
+    task = build_task(config.task)  # evaluation only: no batch mixing
     student = build_model(config.student, "student", data.num_classes, data.in_channels, device)
     path = Path(checkpoint) if checkpoint else Path(config.output_dir) / LAST
     try:

@@ -9,6 +9,7 @@ from ndkd.checks import (
     check_feature_dim,
     check_labels,
     check_matrix,
+    check_same_batch,
     check_same_shape,
     promote,
 )
@@ -48,11 +49,17 @@ def nd_loss(
     ``s_i = t_i = 0`` it is ``-c_y / ||c_y||^2`` (Eq. 5 with the class mean as the target).
     A zero class mean has no direction: ``e = 0``, so its rows have loss 1 and zero gradient.
 
+    Mixed images (mixup / CutMix, as the public DeiT++ code): ``labels`` may instead be the
+    ``[B, C]`` mixing weights of each image (``lam`` on its own class, ``1 - lam`` on the
+    class of the image mixed in); the target of row ``i`` is then the class means mixed by
+    the same weights, ``c_i = sum_k w_ik c_k``, and ``e = c_i / ||c_i||``. The ``"class"``
+    reduction then counts each row under its largest weight.
+
     Args:
         student_emb: ``[B, D]`` student penultimate features (already projected to the
             teacher's dim when the dims differ).
         teacher_emb: ``[B, D]`` teacher penultimate features; treated as constants.
-        labels: ``[B]`` integer class labels.
+        labels: ``[B]`` integer class labels, or ``[B, C]`` float mixing weights.
         centers: ``[C, D]`` teacher class means; treated as constants.
         reduction: ``"batch"`` mean over the batch (the public code, default), ``"class"``
             class-balanced mean (Eq. 7), or ``"none"`` for the ``[B]`` per-sample losses.
@@ -64,22 +71,38 @@ def nd_loss(
     check_matrix("student_emb", student_emb)
     check_same_shape("student_emb", student_emb, "teacher_emb", teacher_emb)
     check_feature_dim("student_emb", student_emb, centers)
-    check_labels(labels, student_emb.shape[0], centers.shape[0])
+    mixed = labels.is_floating_point() and labels.dim() == 2
+    if mixed:
+        check_same_batch("labels (mixing weights)", labels, "student_emb", student_emb)
+        if labels.shape[1] != centers.shape[0]:
+            raise ValueError(
+                f"mixing weights have {labels.shape[1]} classes but the class means "
+                f"{centers.shape[0]}"
+            )
+    else:
+        check_labels(labels, student_emb.shape[0], centers.shape[0])
 
     s = promote(student_emb)
     t = promote(teacher_emb.detach()).to(s.dtype)
     c = promote(centers.detach()).to(device=s.device, dtype=s.dtype)
-    labels = labels.to(s.device).long()
-    center_norms = torch.linalg.vector_norm(c, dim=1)
-    inv_center_norms = torch.where(center_norms > 0, center_norms.reciprocal(), 0.0)
-    norms_y = center_norms.index_select(0, labels)
+    if mixed:
+        weights = labels.detach().to(device=s.device, dtype=s.dtype)
+        centers_y = weights @ c
+        norms_y = torch.linalg.vector_norm(centers_y, dim=1)
+        inv_norms_y = torch.where(norms_y > 0, norms_y.reciprocal(), 0.0)
+        labels = weights.argmax(dim=1)
+    else:
+        labels = labels.to(s.device).long()
+        center_norms = torch.linalg.vector_norm(c, dim=1)
+        inv_center_norms = torch.where(center_norms > 0, center_norms.reciprocal(), 0.0)
+        norms_y = center_norms.index_select(0, labels)
+        centers_y = c.index_select(0, labels)
+        inv_norms_y = inv_center_norms.index_select(0, labels)
     teacher_norms = torch.linalg.vector_norm(t, dim=1)
     teacher_norms = torch.where(
         teacher_norms > DEGENERATE_TEACHER * norms_y, teacher_norms, norms_y
     )
-    per_sample = _per_sample(
-        s, c.index_select(0, labels), inv_center_norms.index_select(0, labels), teacher_norms
-    )
+    per_sample = _per_sample(s, centers_y, inv_norms_y, teacher_norms)
     return reduce_per_sample(per_sample, labels, c.shape[0], reduction)
 
 

@@ -31,7 +31,11 @@ class StepOutputs:
 
     ``images`` is the student's input batch (for terms that run another model on it, e.g.
     SIFN's earlier snapshot); ``indices`` are the samples' dataset indices when a term sets
-    ``requires_indices`` (e.g. CRD's memory bank), else ``None``.
+    ``requires_indices`` (e.g. CRD's memory bank), else ``None``. ``mix_weights`` are the
+    ``[B, C]`` class weights of mixed images (mixup / CutMix: ``lam`` on the image's own
+    class, ``1 - lam`` on the class mixed in), else ``None``; ``labels`` stay each image's
+    own class. The terms that follow the mixing weights are ``ce`` (soft targets) and ``nd``
+    (class means mixed by the same weights); every other term reads ``labels``.
     """
 
     student: ModelOutput
@@ -39,6 +43,12 @@ class StepOutputs:
     labels: torch.Tensor
     images: torch.Tensor | None = None
     indices: torch.Tensor | None = None
+    mix_weights: torch.Tensor | None = None
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """The mixing weights of mixed images, else the labels."""
+        return self.labels if self.mix_weights is None else self.mix_weights
 
 
 @dataclass

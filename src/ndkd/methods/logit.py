@@ -19,7 +19,8 @@ from ndkd.methods.registry import register
 
 @register("ce")
 class CrossEntropyTerm(Term):
-    """Cross-entropy of the student logits with the labels (in fp32)."""
+    """Cross-entropy of the student logits with the labels, or with the mixing weights of
+    mixed images as soft targets (in fp32)."""
 
     def __init__(self, context: BuildContext, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -28,7 +29,7 @@ class CrossEntropyTerm(Term):
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
         return F.cross_entropy(
-            outputs.student.logits.float(), outputs.labels, label_smoothing=self.label_smoothing
+            outputs.student.logits.float(), outputs.targets, label_smoothing=self.label_smoothing
         )
 
 

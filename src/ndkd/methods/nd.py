@@ -114,7 +114,7 @@ class NDTerm(Term):
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
         teacher = need_teacher("nd", outputs)
-        student, labels = outputs.student, outputs.labels
+        student, labels = outputs.student, outputs.targets  # mixed images: mixed class means
         loss = self.loss(student.embedding, teacher.embedding, labels)
         for depth, layer_loss in enumerate(self.layers, start=1):
             loss = loss + layer_loss(

@@ -7,18 +7,20 @@ config's ``task`` name.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ndkd.tasks.base import Task, TrainMeter
 from ndkd.tasks.classification import ClassificationTask
+from ndkd.tasks.mixing import BatchMixer
 
-TASKS: dict[str, Callable[[], Task]] = {"classification": ClassificationTask}
+TASKS: dict[str, Callable[..., Task]] = {"classification": ClassificationTask}
 
 
-def build_task(name: str) -> Task:
-    """The task called ``name`` (a key of :data:`TASKS`)."""
+def build_task(name: str, **options: Any) -> Task:
+    """The task called ``name`` (a key of :data:`TASKS`) with its ``options``."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
-    return TASKS[name]()
+    return TASKS[name](**options)
 
 
-__all__ = ["TASKS", "ClassificationTask", "Task", "TrainMeter", "build_task"]
+__all__ = ["TASKS", "BatchMixer", "ClassificationTask", "Task", "TrainMeter", "build_task"]

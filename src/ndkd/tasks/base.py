@@ -33,7 +33,8 @@ class Task(Protocol):
     """A training task (single-label classification, multi-label, detection, ...).
 
     - ``primary_metric``: the evaluation key that picks ``best.pt`` (higher is better).
-    - :meth:`to_device`: a loader's raw batch -> the task's batch on ``device``.
+    - :meth:`to_device`: a loader's raw batch -> the task's batch on ``device`` (``train``:
+      a training batch, where batch-level augmentation such as mixup applies).
     - :meth:`forward`: a model's outputs for a batch (teacher and student alike).
     - :meth:`step_losses`: the rows the loss terms see (``StepOutputs``) from the student's
       and teacher's outputs, passed to ``method``, plus the task's own losses (e.g. a
@@ -48,7 +49,11 @@ class Task(Protocol):
     primary_metric: str
 
     def to_device(
-        self, batch: Any, device: torch.device, memory_format: torch.memory_format | None
+        self,
+        batch: Any,
+        device: torch.device,
+        memory_format: torch.memory_format | None,
+        train: bool = False,
     ) -> Any: ...
 
     def forward(self, model: nn.Module, batch: Any) -> Any: ...

@@ -15,16 +15,18 @@ from ndkd.collective import all_reduce_sum
 from ndkd.methods.base import StepOutputs
 from ndkd.models.output import ModelOutput
 from ndkd.tasks.base import Autocast
+from ndkd.tasks.mixing import BatchMixer
 
 
 @dataclass
 class Batch:
-    """Images ``[B, C, H, W]``, labels ``[B]`` and, when a term asks for them, the samples'
-    dataset indices ``[B]``."""
+    """Images ``[B, C, H, W]``, labels ``[B]``, when a term asks for them the samples'
+    dataset indices ``[B]``, and for a mixed training batch its ``[B, C]`` class weights."""
 
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor | None = None
+    mix_weights: torch.Tensor | None = None
 
 
 def topk_correct(
@@ -88,19 +90,33 @@ class AccuracyMeter:
 
 
 class ClassificationTask:
-    """The single-label task (CIFAR, digits, image folders): ``best.pt`` by test top-1."""
+    """The single-label task (CIFAR, digits, image folders): ``best.pt`` by test top-1.
+
+    ``mixer``: mixup / CutMix of training batches (:class:`~ndkd.tasks.mixing.BatchMixer`);
+    the terms then see the mixed images and the mixing weights."""
 
     primary_metric = "test_top1"
 
+    def __init__(self, mixer: BatchMixer | None = None) -> None:
+        self.mixer = mixer
+
     def to_device(
-        self, batch: tuple, device: torch.device, memory_format: torch.memory_format | None
+        self,
+        batch: tuple,
+        device: torch.device,
+        memory_format: torch.memory_format | None,
+        train: bool = False,
     ) -> Batch:
         images, labels, *extra = batch
         images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        weights = None
+        if train and self.mixer is not None:
+            images, weights = self.mixer(images, labels)
         if memory_format is not None:
             images = images.contiguous(memory_format=memory_format)
         indices = extra[0].to(device, non_blocking=True) if extra else None
-        return Batch(images, labels.to(device, non_blocking=True), indices)
+        return Batch(images, labels, indices, weights)
 
     def forward(self, model: nn.Module, batch: Batch) -> ModelOutput:
         return model(batch.images)
@@ -120,6 +136,7 @@ class ClassificationTask:
             batch.labels,
             batch.images,
             batch.indices,
+            batch.mix_weights,
         )
         return method(rows, epoch)
 

@@ -18,8 +18,14 @@ def build_model(
 
     ``role`` (``"student"``/``"teacher"``) names the config section in error messages.
     """
+    if spec.drop_path and not spec.arch.startswith("timm:"):
+        raise ValueError(
+            f"{role}.drop_path: stochastic depth is an option of timm: models, not of "
+            f"{spec.arch!r}"
+        )
+    options = {"drop_path_rate": spec.drop_path} if spec.drop_path else {}
     model = create_model(
-        spec.arch, num_classes, in_channels=in_channels, pretrained=spec.pretrained
+        spec.arch, num_classes, in_channels=in_channels, pretrained=spec.pretrained, **options
     )
     if spec.checkpoint:
         path = Path(spec.checkpoint)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import itertools
+import random
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -422,3 +425,173 @@ def test_bad_loader_arguments(folder):
         train_loader(train, 4, seed=-1)
     with pytest.raises(IndexError):
         train[len(train)]
+
+
+# --- timm augmentations and repeated augmentation --------------------------------------
+
+POLICY = "rand-m9-mstd0.5-inc1"  # DeiT's
+
+
+def _augmented(root: Path, rand_augment: str = POLICY, random_erasing: float = 0.5):
+    return read_image_folders(
+        root,
+        image_size=SIZE,
+        eval_resize=EVAL_RESIZE,
+        rand_augment=rand_augment,
+        random_erasing=random_erasing,
+    )
+
+
+def test_options_off_are_the_plain_transform(folder):
+    plain, off = _splits(folder), _augmented(folder, "", 0.0)
+    assert off.train.transform == plain.train.transform and off.val.transform == plain.val.transform
+    for key in [(0, 0), (7, 3), (29, 1)]:
+        assert torch.equal(off.train[key][0], plain.train[key][0])
+        assert torch.equal(plain.train[(*key, 0)][0], plain.train[key][0])  # copy 0
+    on = _augmented(folder)
+    assert on.val.transform == plain.val.transform  # evaluation is never augmented
+    assert on.train_without_augmentation().transform == plain.val.transform
+
+
+def test_timm_augmentations_are_deterministic_with_workers_and_resume(folder):
+    train = _augmented(folder).train
+    state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    runs = {}
+    for workers in (0, 2):
+        loader = train_loader(train, 7, seed=5, num_workers=workers, return_indices=True)
+        loader.set_epoch(2)
+        runs[workers] = _epoch(loader)
+    assert _same(runs[0], runs[2])
+    assert random.getstate() == state[0] and torch.equal(torch.get_rng_state(), state[2])
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state[1]))
+    dataset = train.with_seed(5)
+    for images, _, indices in runs[0][:2]:
+        for image, index in zip(images, indices.tolist()):
+            random.random(), np.random.rand(), torch.rand(1)  # the global state is not read
+            assert torch.equal(image, dataset[(index, 2)][0])
+    loader = train_loader(train, 7, seed=5, num_workers=0, return_indices=True)
+    loader.set_epoch(2)
+    loader.start_at(2)
+    assert _same(_epoch(loader), runs[0][2:])
+
+
+def test_rand_augment_changes_images_with_timms_hparams(folder):
+    from timm.data import create_transform
+    from timm.data.auto_augment import RandAugment
+
+    plain = _splits(folder).train
+    augmented = _augmented(folder, random_erasing=0.0).train
+    changed = [not torch.equal(plain[(i, 0)][0], augmented[(i, 0)][0]) for i in range(0, 30, 3)]
+    assert sum(changed) >= 6  # p=0.5 per op, 2 ops: about 3/4 of the images change
+    reference = create_transform(
+        SIZE, is_training=True, auto_augment=POLICY, interpolation="bilinear"
+    )
+    (timm_ra,) = [t for t in reference.transforms if isinstance(t, RandAugment)]
+    ours = augmented.transform._augment
+    assert ours.num_layers == timm_ra.num_layers
+    for mine, theirs in zip(ours.ops, timm_ra.ops, strict=True):
+        assert (mine.name, mine.prob, mine.magnitude) == (
+            theirs.name,
+            theirs.prob,
+            theirs.magnitude,
+        )
+        assert mine.hparams == theirs.hparams and mine.kwargs == theirs.kwargs
+
+
+@pytest.mark.parametrize(
+    "policy", ["rand-m9-foo", "augmix-m5", "original", "rand-m9.5", "rand-m", "rnd-m9"]
+)
+def test_bad_rand_augment_policy_is_refused(folder, policy):
+    with pytest.raises(ValueError, match="data.rand_augment"):
+        _augmented(folder, policy)
+
+
+def test_missing_timm_is_a_clear_error(folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm.data.auto_augment", None)
+    with pytest.raises(ValueError, match="ndkd\\[timm\\]"):
+        _augmented(folder)
+    with pytest.raises(ValueError, match="data.random_erasing"):
+        _augmented(folder, "", 1.5)
+    _augmented(folder, "", 0.0)  # off: timm is not needed
+
+
+def test_random_erasing_erases_a_patch_of_pixel_noise(folder):
+    plain = _splits(folder).train
+    erased = _augmented(folder, "", 1.0).train
+    for index in range(0, 30, 5):
+        before, after = plain[(index, 1)][0], erased[(index, 1)][0]
+        changed = (before != after).any(0)
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        box = (bottom - top) * (right - left)
+        assert changed[top:bottom, left:right].all()  # one rectangle
+        assert 0.02 * SIZE**2 - 1 <= box <= SIZE**2 / 3 + 2 * SIZE
+        patch = after[:, top:bottom, left:right]
+        assert torch.equal(after[:, ~changed], before[:, ~changed])
+        assert patch.std() > 0.5 and (patch != patch[:, :1, :1]).any()  # per-pixel noise
+
+
+def test_repeated_augmentation_order_is_timms(folder):
+    from timm.data.distributed_sampler import RepeatAugSampler
+
+    for size in (30, 29):
+        data = list(range(size))
+        for epoch in (0, 1):
+            keys = []
+            for rank in range(2):
+                reference = RepeatAugSampler(
+                    data, num_replicas=2, rank=rank, num_repeats=3, selected_round=0
+                )
+                reference.set_epoch(epoch)
+                ours = EpochShardSampler(size, seed=0, rank=rank, world_size=2, repeats=3)
+                ours.set_epoch(epoch)
+                rank_keys = list(ours)
+                assert [i for i, _, _ in rank_keys] == list(reference)
+                assert len(rank_keys) == len(ours) == 15  # ceil(size / 2), as without repeats
+                keys += [(rank, *key) for key in rank_keys]
+            assert {e for _, _, e, _ in keys} == {epoch}
+            counts = Counter(i for _, i, _, _ in keys)
+            assert set(counts.values()) == {3} and len(counts) == 10  # 30 samples / 3
+            for index in counts:
+                copies = [(rank, c) for rank, i, _, c in keys if i == index]
+                assert sorted(c for _, c in copies) == [0, 1, 2]
+                assert len({rank for rank, _ in copies}) == 2  # on both ranks
+
+
+def test_repeated_augmentation_loader(folder):
+    train = _augmented(folder).train
+    runs = {}
+    for workers in (0, 2):
+        epochs = []
+        for rank in range(2):
+            loader = train_loader(
+                train,
+                4,
+                seed=3,
+                rank=rank,
+                world_size=2,
+                num_workers=workers,
+                return_indices=True,
+                repeated_augmentations=3,
+            )
+            assert len(loader) == 4  # 15 samples per rank, as without repetition
+            loader.set_epoch(1)
+            epochs.append(_epoch(loader))
+        runs[workers] = epochs
+    assert all(_same(a, b) for a, b in zip(runs[0], runs[2]))
+    images = {}
+    for batches in runs[0]:
+        for batch_images, _, indices in batches:
+            for image, index in zip(batch_images, indices.tolist()):
+                images.setdefault(index, []).append(image)
+    assert len(images) == 10 and all(len(copies) == 3 for copies in images.values())
+    for copies in images.values():
+        assert not any(torch.equal(a, b) for a, b in itertools.combinations(copies, 2))
+    resumed = train_loader(
+        train, 4, seed=3, rank=1, world_size=2, return_indices=True, repeated_augmentations=3
+    )
+    resumed.set_epoch(1)
+    resumed.start_at(2)
+    assert _same(_epoch(resumed), runs[0][1][2:])
+    with pytest.raises(ValueError, match="repeated_augmentations"):
+        train_loader(train, 4, seed=0, repeated_augmentations=-1)

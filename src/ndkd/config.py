@@ -653,6 +653,17 @@ def _validate(config: RunConfig) -> None:
     names = list(dataset_names())
     if config.data.name not in names:
         raise ConfigError(f"data.name: expected one of {names}, found {config.data.name!r}")
+    streaming_only = {
+        "data.rand_augment": config.data.rand_augment,
+        "data.random_erasing": config.data.random_erasing,
+        "data.repeated_augmentations": config.data.repeated_augmentations,
+    }
+    for key, value in streaming_only.items():
+        if value and config.data.name != "imagefolder":
+            raise ConfigError(
+                f"{key}: an image-folder augmentation (data.name: imagefolder); "
+                f"{config.data.name} uses its own fixed batched augmentation"
+            )
     if not config.student.arch:
         raise ConfigError("student.arch: required (a zoo name, torchvision:NAME or timm:NAME)")
     if not config.terms:

@@ -15,10 +15,22 @@ the evaluation tensors equal torchvision's ``v2`` pipeline on the Pillow-decoded
 for bit, and are within resampling rounding of the classic PIL pipeline
 (``transforms.Resize`` on PIL images).
 
+Optional training augmentations (timm's, the DeiT recipe; need the ``timm`` extra):
+RandAugment (``rand_augment``, a timm policy string) after the crop and flip, and random
+erasing (``random_erasing``, a probability; per-pixel normal noise) after normalization.
+RandAugment works on PIL images: with it the cropped tensor makes a round trip through
+PIL (two copies of an ``image_size``-square ``uint8`` image, small beside decoding);
+without it the tensor path is untouched.
+
 Determinism: the crop and flip of sample ``i`` in epoch ``e`` come from a NumPy generator
 seeded with ``(seed, e, i)``, so they depend on nothing else (worker count, the worker a
 sample lands on, where a run resumed). The loaders pass the epoch with each index
 (:class:`~ndkd.data.sampling.EpochShardSampler`), which lets the training workers persist.
+Copy ``c > 0`` of a sample under repeated augmentation is seeded with ``(seed, e, i, c)``.
+timm's augmentations draw from Python's, NumPy's and torch's global generators: around
+them these are seeded from the same per-sample generator (after the crop's draws) and
+restored afterwards, so the samples stay deterministic and the caller's global random
+state is left as it was.
 
 Unreadable or corrupt images are refused: loading one raises ``ValueError`` naming the file
 (silently replacing samples would change the data a run reports on).
@@ -30,10 +42,12 @@ import logging
 import math
 import operator
 import os
+import random
 import re
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +70,12 @@ IMAGENET_TRAIN_SAMPLES, IMAGENET_VAL_SAMPLES = 1_281_167, 50_000
 _WNID = re.compile(r"n\d{8}")
 _SPLITS = ("train", "val")
 _SHOWN = 20  # names listed in an error message before "... and N more"
+_CROP_DRAWS = 41  # uniforms of one training crop and flip
+_RAND_AUGMENT_SECTION = re.compile(r"(mstd|mmax|inc|m|n|p)(\d.*)")
+_INTEGER_SECTIONS = frozenset({"mmax", "inc", "m", "n"})
+_TIMM_MISSING = (
+    "data.rand_augment and data.random_erasing use timm's augmentations: pip install 'ndkd[timm]'"
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,21 +229,120 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def _check_rand_augment(policy: str) -> None:
+    """Refuse what timm's parser would reject or silently skip (sections without a value)."""
+    sections = policy.split("-")
+    if sections[0] != "rand":
+        raise ValueError(
+            f"data.rand_augment: {policy!r} is not a RandAugment policy: expected 'rand' "
+            "followed by '-'-separated sections such as m9, n2, mstd0.5, inc1, p0.5, mmax10, "
+            "tweights (e.g. 'rand-m9-mstd0.5-inc1')"
+        )
+    for section in sections[1:]:
+        if section.startswith("t"):
+            continue  # the transform set (timm: weights, 3a, 3aw, else the default set)
+        match = _RAND_AUGMENT_SECTION.fullmatch(section)
+        try:
+            if match is None:
+                raise ValueError(section)
+            key, value = match.groups()
+            (int if key in _INTEGER_SECTIONS else float)(value)
+        except ValueError:
+            raise ValueError(
+                f"data.rand_augment: unknown section {section!r} in {policy!r} (known: m<int>, "
+                "n<int>, mstd<float>, mmax<int>, inc<0|1>, p<float>, t<name>)"
+            ) from None
+
+
+def timm_augmentations(
+    image_size: int, rand_augment: str = "", random_erasing: float = 0.0
+) -> tuple[Any, Any]:
+    """timm's ``(RandAugment, RandomErasing)`` transforms, each ``None`` when off.
+
+    RandAugment gets the hparams of timm's ``create_transform`` for this size and the
+    ImageNet mean (``translate_const=int(0.45 * image_size)``, ``img_mean``) and our crop's
+    bilinear interpolation (what ``create_transform(interpolation="bilinear")`` passes);
+    random erasing is ``RandomErasing(random_erasing, mode="pixel", device="cpu")``.
+
+    Raises:
+        ValueError: an invalid policy or probability, or timm is not installed.
+    """
+    if not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"data.random_erasing must be in [0, 1], got {random_erasing}")
+    if not rand_augment and not random_erasing:
+        return None, None
+    if rand_augment:
+        _check_rand_augment(rand_augment)
+    try:
+        from timm.data.auto_augment import rand_augment_transform
+        from timm.data.random_erasing import RandomErasing
+    except ImportError as error:
+        raise ValueError(_TIMM_MISSING) from error
+    augment = erase = None
+    if rand_augment:
+        hparams = {
+            "translate_const": int(image_size * 0.45),
+            "img_mean": tuple(min(255, round(255 * x)) for x in IMAGENET_MEAN),
+            "interpolation": Image.Resampling.BILINEAR,
+        }
+        try:
+            augment = rand_augment_transform(rand_augment, hparams)
+        except (AssertionError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"data.rand_augment: invalid policy {rand_augment!r}") from error
+    if random_erasing:
+        erase = RandomErasing(random_erasing, mode="pixel", device="cpu")
+    return augment, erase
+
+
+@contextmanager
+def _global_rngs_seeded_from(rng: np.random.Generator) -> Iterator[None]:
+    """Seed Python's, NumPy's and torch's (CPU) global generators from draws of ``rng``;
+    restore their states on exit. Not thread-safe (neither are the global generators)."""
+    python_seed, torch_seed = rng.integers(2**63, size=2).tolist()
+    numpy_seed = rng.integers(2**32, size=4, dtype=np.uint32)
+    saved = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+    random.seed(python_seed)
+    np.random.seed(numpy_seed)
+    torch.default_generator.manual_seed(torch_seed)  # not torch.manual_seed: leaves CUDA's
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.default_generator.set_state(saved[2])
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     """The ImageNet transform of one ``uint8`` image ``[3, H, W]`` -> normalized ``float32``
-    ``[3, image_size, image_size]``: training (RandomResizedCrop + flip, drawn from ``rng``)
-    or evaluation (Resize(eval_resize) + CenterCrop)."""
+    ``[3, image_size, image_size]``: training (RandomResizedCrop + flip, then timm's
+    RandAugment when ``rand_augment`` is set, normalization, then timm's random erasing with
+    probability ``random_erasing``; all drawn from ``rng``) or evaluation
+    (Resize(eval_resize) + CenterCrop).
+
+    Raises:
+        ValueError: ``rand_augment``/``random_erasing`` on an evaluation transform, or
+            invalid (see :func:`timm_augmentations`).
+    """
 
     image_size: int = 224
     eval_resize: int = 256
     train: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    rand_augment: str = ""
+    random_erasing: float = 0.0
     _mean: torch.Tensor = field(init=False, repr=False, compare=False)
     _std: torch.Tensor = field(init=False, repr=False, compare=False)
+    _augment: Any = field(init=False, repr=False, compare=False)
+    _erase: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not self.train and (self.rand_augment or self.random_erasing):
+            raise ValueError("RandAugment and random erasing are training augmentations")
+        augment, erase = timm_augmentations(self.image_size, self.rand_augment, self.random_erasing)
+        object.__setattr__(self, "_augment", augment)
+        object.__setattr__(self, "_erase", erase)
         object.__setattr__(self, "_mean", torch.tensor(self.mean).view(3, 1, 1))
         object.__setattr__(self, "_std", torch.tensor(self.std).view(3, 1, 1))
 
@@ -232,15 +351,25 @@ class ImageTransform:
         if self.train:
             if rng is None:
                 raise ValueError("the training transform needs a generator")
-            draws = rng.random(41).tolist()
+            draws = rng.random(_CROP_DRAWS).tolist()
             top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], draws)
             image = F.resized_crop(image, top, left, h, w, [size, size], antialias=True)
             if draws[40] < 0.5:
                 image = F.horizontal_flip(image)
+            if self._augment is not None or self._erase is not None:
+                with _global_rngs_seeded_from(rng):
+                    if self._augment is not None:
+                        image = F.pil_to_tensor(self._augment(F.to_pil_image(image)))
+                    out = self._normalize(image)
+                    return out if self._erase is None else self._erase(out)
         else:
             image = F.resize(image, [self.eval_resize], antialias=True)
             image = F.center_crop(image, [size, size])
+        return self._normalize(image)
+
+    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
         # v2.ToDtype(float32, scale=True) + v2.Normalize, the same operations in order.
+        size = self.image_size
         out = torch.empty((3, size, size), dtype=torch.float32).copy_(image)
         return out.mul_(1.0 / 255).sub_(self._mean).div_(self._std)
 
@@ -252,9 +381,11 @@ class ImageTransform:
 class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
     """One split of an image folder: ``dataset[key]`` is ``(image [3, S, S] float32, label)``.
 
-    ``key`` is an index, or ``(index, epoch)`` (what the loaders pass). With the training
-    transform the crop/flip of ``(index, epoch)`` is seeded by ``(seed, epoch, index)`` only;
-    a bare index uses the epoch of :meth:`set_epoch`.
+    ``key`` is an index, ``(index, epoch)`` or ``(index, epoch, copy)`` (what the loaders
+    pass; ``copy``: the repeated-augmentation copy, default 0). With the training transform
+    the augmentation of ``(index, epoch)`` is seeded by ``(seed, epoch, index)`` only, that
+    of copy ``c > 0`` by ``(seed, epoch, index, c)``; a bare index uses the epoch of
+    :meth:`set_epoch`.
     """
 
     def __init__(self, files: _FileList, transform: ImageTransform, seed: int = 0):
@@ -305,13 +436,16 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         return index
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int]:
+        index, epoch, copy = (*key, 0)[:3] if isinstance(key, tuple) else (key, self.epoch, 0)
         index = self._check(index)
+        if copy < 0:
+            raise ValueError(f"copy must be non-negative, got {copy}")
         image = decode_image(self.files.path(index))
         rng = None
         if self.transform.train:
-            rng = np.random.default_rng([self.seed, epoch, index])
+            entropy = [self.seed, epoch, index] + ([copy] if copy else [])
+            rng = np.random.default_rng(entropy)
         return self.transform(image, rng), int(self.files.labels[index])
 
 
@@ -363,22 +497,38 @@ class ImageFolderSplits:
 
 
 def read_image_folders(
-    root: str | os.PathLike[str], image_size: int = 224, eval_resize: int = 256
+    root: str | os.PathLike[str],
+    image_size: int = 224,
+    eval_resize: int = 256,
+    *,
+    rand_augment: str = "",
+    random_erasing: float = 0.0,
 ) -> ImageFolderSplits:
     """List ``root/train`` and ``root/val`` (one sub-folder per class) and build both splits.
 
     Hidden entries are skipped; files whose extension is not in :data:`IMAGE_EXTENSIONS`
-    (any case) are ignored. Images are only opened when loaded.
+    (any case) are ignored. Images are only opened when loaded. ``rand_augment`` (a timm
+    RandAugment policy, e.g. ``rand-m9-mstd0.5-inc1``) and ``random_erasing`` (a
+    probability) add timm's augmentations to the training transform (see
+    :class:`ImageTransform`); both are off by default.
 
     Raises:
         FileNotFoundError: ``root``, ``root/train`` or ``root/val`` is not a folder.
         ValueError: no class folders; a class folder in one split only; a class folder
-            without images; a size below 1.
+            without images; a size below 1; an invalid RandAugment policy or erasing
+            probability, or either asked without timm installed.
     """
     if image_size < 1 or eval_resize < 1:
         raise ValueError(
             f"image_size and eval_resize must be positive, got {image_size} and {eval_resize}"
         )
+    train = ImageTransform(
+        image_size,
+        eval_resize,
+        train=True,
+        rand_augment=rand_augment,
+        random_erasing=random_erasing,
+    )
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {str(root)!r} is not a folder")
@@ -419,8 +569,7 @@ def read_image_folders(
         len(val_files),
         time.perf_counter() - start,
     )
-    train = ImageTransform(image_size, eval_resize, train=True)
-    evaluation = replace(train, train=False)
+    evaluation = replace(train, train=False, rand_augment="", random_erasing=0.0)
     return ImageFolderSplits(
         root,
         train_classes,
@@ -442,7 +591,7 @@ class _WithIndices(Dataset[tuple[torch.Tensor, int, int]]):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
         index = key[0] if isinstance(key, tuple) else key
         return (*self.dataset[key], index)
 
@@ -485,6 +634,12 @@ class TrainLoader:
     ``seed + e``, padded by wrap-around, ``rank::world_size``); the augmentation of a sample
     depends only on ``(seed, e, index)``. Workers persist across epochs: the epoch is sent
     with every index.
+
+    ``repeated_augmentations=K > 1``: repeated augmentation (DeiT, timm's
+    ``RepeatAugSampler`` with ``selected_round=0``): each sample of the epoch order ``K``
+    times, the copies spread over the ranks and augmented differently (copy ``c`` seeded by
+    ``(seed, e, index, c)``); still ``ceil(N / world_size)`` samples per rank and epoch, so
+    about ``N / K`` distinct samples an epoch. ``0`` or ``1``: off.
     """
 
     def __init__(
@@ -499,10 +654,21 @@ class TrainLoader:
         drop_last: bool = False,
         return_indices: bool = False,
         pin_memory: bool | None = None,
+        repeated_augmentations: int = 0,
     ):
+        if repeated_augmentations < 0:
+            raise ValueError(
+                f"repeated_augmentations must be non-negative, got {repeated_augmentations}"
+            )
         self.batch_size = batch_size
         self.drop_last = drop_last
-        self.sampler = EpochShardSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
+        self.sampler = EpochShardSampler(
+            len(dataset),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            repeats=max(1, repeated_augmentations),
+        )
         self.loader = _data_loader(
             dataset.with_seed(seed),
             batch_size,
@@ -551,9 +717,11 @@ def train_loader(
     drop_last: bool = False,
     return_indices: bool = False,
     pin_memory: bool | None = None,
+    repeated_augmentations: int = 0,
 ) -> TrainLoader:
     """The training loader of ``dataset`` (see :class:`TrainLoader`); ``pin_memory``
-    defaults to ``torch.cuda.is_available()``."""
+    defaults to ``torch.cuda.is_available()``; ``repeated_augmentations``: DeiT's repeated
+    augmentation count (3 in DeiT; 0 off)."""
     return TrainLoader(
         dataset,
         batch_size,
@@ -564,6 +732,7 @@ def train_loader(
         drop_last=drop_last,
         return_indices=return_indices,
         pin_memory=pin_memory,
+        repeated_augmentations=repeated_augmentations,
     )
 
 

@@ -7,6 +7,11 @@ dataset and never see ``set_epoch``). Its order matches
 ``torch.utils.data.DistributedSampler(shuffle=True, seed=seed)`` exactly, and
 :meth:`EpochShardSampler.skip` resumes an epoch part-way without touching the skipped
 samples.
+
+With ``repeats=K > 1`` (repeated augmentation, DeiT) it yields ``(index, epoch, copy)``
+keys in the order of timm's ``RepeatAugSampler(selected_round=0)`` (see
+:func:`repeated_shard`; the permutation is still seeded with ``seed + epoch``, where timm
+seeds it with ``epoch``), so a dataset can augment the copies of a sample differently.
 """
 
 from __future__ import annotations
@@ -45,7 +50,27 @@ def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tens
     return order[rank::world_size]
 
 
-class EpochShardSampler(Sampler[tuple[int, int]]):
+def repeated_shard(
+    order: torch.Tensor, rank: int, world_size: int, repeats: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``rank``'s share of ``order`` under repeated augmentation: ``(indices, copies)``.
+
+    timm's ``RepeatAugSampler`` (from DeiT's ``RASampler``) with ``selected_round=0``: each
+    index of ``order`` repeated ``repeats`` times in a row (``repeat_interleave``), position
+    ``p`` of that list going to rank ``p % world_size`` (so consecutive copies of a sample
+    land on different ranks), padded by wrap-around, and only the first
+    ``ceil(len(order) / world_size)`` positions of each rank kept: an epoch is as long as
+    without repetition (about ``len(order) / repeats`` distinct samples, each ``repeats``
+    times). ``copies[j]`` is the copy number (``0..repeats-1``) of ``indices[j]``.
+    """
+    size = len(order)
+    kept = math.ceil(size / world_size)
+    positions = torch.arange(kept, dtype=torch.int64) * world_size + rank
+    positions %= size * repeats
+    return order[positions // repeats], positions % repeats
+
+
+class EpochShardSampler(Sampler[tuple[int, ...]]):
     """This rank's share of a seeded per-epoch permutation, as ``(index, epoch)`` keys.
 
     Args:
@@ -54,6 +79,10 @@ class EpochShardSampler(Sampler[tuple[int, int]]):
             ``seed + e`` (the same on every rank).
         rank, world_size: the shard (padded by wrap-around like ``DistributedSampler``).
         shuffle: ``False`` keeps dataset order (still sharded and padded).
+        repeats: repeated augmentation: ``K > 1`` repeats each index ``K`` times in the
+            order, spread over the ranks, and yields ``(index, epoch, copy)`` keys
+            (:func:`repeated_shard`); ``1``: off, ``(index, epoch)`` keys. The samples per
+            rank and epoch are ``ceil(size / world_size)`` either way.
 
     The epoch and skip are read when iteration starts (like ``DistributedSampler``): call
     :meth:`set_epoch` and :meth:`skip` before iterating.
@@ -67,15 +96,19 @@ class EpochShardSampler(Sampler[tuple[int, int]]):
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        repeats: int = 1,
     ):
         check_shard(rank, world_size)
         if size < 1:
             raise ValueError("cannot sample from an empty data set")
+        if repeats < 1:
+            raise ValueError(f"repeats must be positive, got {repeats}")
         self.size = size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
+        self.repeats = repeats
         self.epoch = 0
         self._skip = 0
 
@@ -98,11 +131,21 @@ class EpochShardSampler(Sampler[tuple[int, int]]):
             raise ValueError(f"can skip 0..{self.num_samples} samples, got {samples}")
         self._skip = samples
 
+    def shard(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's ``(indices, copies)`` for the current epoch, in order (``int64``);
+        ``copies`` is ``None`` without repeated augmentation."""
+        order = epoch_order(self.size, self.seed, self.epoch, shuffle=self.shuffle)
+        if self.repeats > 1:
+            return repeated_shard(order, self.rank, self.world_size, self.repeats)
+        return shard_indices(order, self.rank, self.world_size), None
+
     def indices(self) -> torch.Tensor:
         """This rank's indices for the current epoch, in order (``int64``)."""
-        order = epoch_order(self.size, self.seed, self.epoch, shuffle=self.shuffle)
-        return shard_indices(order, self.rank, self.world_size)
+        return self.shard()[0]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
         start, self._skip = self._skip, 0
-        return zip(self.indices()[start:].tolist(), repeat(self.epoch))
+        indices, copies = self.shard()
+        if copies is None:
+            return zip(indices[start:].tolist(), repeat(self.epoch))
+        return zip(indices[start:].tolist(), repeat(self.epoch), copies[start:].tolist())

@@ -84,9 +84,13 @@ def load_splits(
     root: str | os.PathLike[str] | None,
     image_size: int = 224,
     eval_resize: int = 256,
+    *,
+    rand_augment: str = "",
+    random_erasing: float = 0.0,
 ) -> Splits | ImageFolderSplits:
     """Read data set ``name`` (a :data:`~ndkd.data.catalog.CATALOG` key) from ``root``
-    (``image_size``/``eval_resize``: the image-folder transforms).
+    (``image_size``, ``eval_resize``, ``rand_augment``, ``random_erasing``: the image-folder
+    transforms).
 
     Raises:
         ValueError: unknown ``name``. FileNotFoundError: ``root`` is not a folder.
@@ -102,7 +106,13 @@ def load_splits(
             f"{name} data ({CATALOG[name].summary})"
         )
     if name == "imagefolder":
-        return read_image_folders(folder, image_size, eval_resize)
+        return read_image_folders(
+            folder,
+            image_size,
+            eval_resize,
+            rand_augment=rand_augment,
+            random_erasing=random_erasing,
+        )
     return Splits(
         build_dataset(name, folder, "train", cifar_transform(name, train=True)),
         build_dataset(name, folder, "test", cifar_transform(name, train=False)),
@@ -122,10 +132,12 @@ def training_loader(
     resident: torch.device | None = None,
     num_workers: int = 0,
     return_indices: bool = False,
+    repeated_augmentations: int = 0,
 ) -> InMemoryLoader | TrainLoader:
     """Shuffled, augmented, resumable batches of this process's share of ``dataset``
     (``resident``: keep an in-memory set on that device; ``num_workers``: decoding
-    processes of a streaming set)."""
+    processes of a streaming set; ``repeated_augmentations``: a streaming set's repeated
+    augmentation count)."""
     if isinstance(dataset, ImageFolderDataset):
         return train_loader(
             dataset,
@@ -135,6 +147,7 @@ def training_loader(
             world_size=world_size,
             num_workers=num_workers,
             return_indices=return_indices,
+            repeated_augmentations=repeated_augmentations,
         )
     return InMemoryLoader(
         dataset,

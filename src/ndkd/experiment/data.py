@@ -69,13 +69,21 @@ def train_loader_of(
         resident=_resident(config, device),
         num_workers=config.data.num_workers,
         return_indices=indices,
+        repeated_augmentations=config.data.repeated_augmentations,
     )
 
 
 def build_data(config: RunConfig, dist: DistInfo, device: torch.device) -> RunData:
     """Read the data set and make the training and evaluation loaders of this process."""
     data = config.data
-    splits = load_splits(data.name, data.root, data.image_size, data.eval_resize)
+    splits = load_splits(
+        data.name,
+        data.root,
+        data.image_size,
+        data.eval_resize,
+        rand_augment=data.rand_augment,
+        random_erasing=data.random_erasing,
+    )
     test_loader = evaluation_loader(
         splits.test,
         per_process_batch(config, dist),

@@ -9,7 +9,7 @@ from ndkd.losses.direction import cosine_direction_loss, infonce_direction_loss
 from ndkd.losses.dist import dist_loss
 from ndkd.losses.dkd import dkd_loss
 from ndkd.losses.fitnet import hint_loss
-from ndkd.losses.kd import kd_loss
+from ndkd.losses.kd import hard_distillation_loss, kd_loss
 from ndkd.losses.lshfm import lsh_codes, lshfm_loss
 from ndkd.losses.nd import nd_loss
 from ndkd.losses.norm import l2_feature_loss, sifn_loss
@@ -30,6 +30,7 @@ __all__ = [
     "hcl_loss",
     "hint_loss",
     "infonce_direction_loss",
+    "hard_distillation_loss",
     "kd_loss",
     "l2_feature_loss",
     "lsh_codes",

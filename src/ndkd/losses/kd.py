@@ -29,3 +29,14 @@ def kd_loss(
     log_p_t = F.log_softmax(t / temperature, dim=1)
     per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1) * temperature**2
     return reduce_per_sample(per_sample, None, None, reduction)
+
+
+def hard_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor
+) -> torch.Tensor:
+    """DeiT's hard-label distillation (Touvron et al., ICML 2021, Sec. 3): the cross-entropy
+    of the student's (distillation-head) logits with the teacher's decision,
+    ``CE(z_s, argmax z_t)``, batch mean, in float32 or better; no gradient reaches the
+    teacher."""
+    check_logit_pair(student_logits, teacher_logits, 1.0)
+    return F.cross_entropy(promote(student_logits), teacher_logits.detach().argmax(dim=1))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ndkd.checks import check_fraction, check_positive
-from ndkd.losses.kd import kd_loss
+from ndkd.losses.kd import hard_distillation_loss, kd_loss
 from ndkd.methods.base import (
     BuildContext,
     StepOutputs,
@@ -48,3 +48,25 @@ class KDTerm(Term):
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
         teacher = need_teacher("kd", outputs)
         return kd_loss(outputs.student.logits, teacher.logits, self.temperature)
+
+
+@register("hard_distill")
+class HardDistillationTerm(Term):
+    """DeiT's hard distillation: the student's distillation head (``heads["dist_logits"]``
+    of a DeiT with a distillation token, e.g. ``timm:deit_base_distilled_patch16_224``)
+    trained with cross-entropy to the teacher's argmax on the same (mixed) images."""
+
+    requires_teacher = True
+
+    def __init__(self, context: BuildContext) -> None:
+        super().__init__()
+        if "dist_logits" not in context.student_probe.heads:
+            raise ValueError(
+                "hard_distill: the student has no distillation head; use a DeiT with a "
+                "distillation token (e.g. timm:deit_base_distilled_patch16_224)"
+            )
+        check_same_classes("hard_distill", context)
+
+    def forward(self, outputs: StepOutputs) -> torch.Tensor:
+        teacher = need_teacher("hard_distill", outputs)
+        return hard_distillation_loss(outputs.student.heads["dist_logits"], teacher.logits)

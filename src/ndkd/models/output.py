@@ -29,9 +29,12 @@ class ModelOutput:
       their activation), as feature-distillation methods consume them.
     - ``preact_stages``: the same maps before their final activation (OFD needs them); same
       length and shapes as ``stages``.
+    - ``heads``: further ``[B, C]`` outputs of models with more than one head, by name
+      (``dist_logits``: the distillation head of a DeiT with a distillation token).
     """
 
     logits: torch.Tensor
     embedding: torch.Tensor
     stages: list[torch.Tensor] = field(default_factory=list)
     preact_stages: list[torch.Tensor] = field(default_factory=list)
+    heads: dict[str, torch.Tensor] = field(default_factory=dict)

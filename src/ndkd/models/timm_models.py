@@ -39,6 +39,7 @@ class TimmModel(SourceModel):
     """Mixin of adapted timm models; see the module documentation."""
 
     _ndkd_indices: list[int] | None  # forward_intermediates indices, None: no stages
+    _ndkd_dist_head: str | None  # the distillation head's name (distilled models only)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         stages: list[torch.Tensor] = []
@@ -51,6 +52,32 @@ class TimmModel(SourceModel):
         embedding = self.forward_head(features, pre_logits=True)
         logits = self.get_classifier()(embedding)
         return ModelOutput(logits, embedding, list(stages), list(stages))
+
+
+class TimmDistilledModel(TimmModel):
+    """A timm model with a distillation token and its own head (DeiT's
+    ``deit_*_distilled_*``): the embedding is the mean of the class and distillation tokens
+    (timm's ``forward_head(pre_logits=True)``), ``heads["dist_logits"]`` the distillation
+    head's output; ``logits`` are the class head's in training and, in evaluation, the mean
+    of both heads, as DeiT evaluates."""
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        stages: list[torch.Tensor] = []
+        if self._ndkd_indices is None:
+            features = self.forward_features(x)
+        else:
+            features, stages = self.forward_intermediates(
+                x, indices=self._ndkd_indices, output_fmt="NCHW"
+            )
+        embedding = self.forward_head(features, pre_logits=True)
+        logits = self.get_classifier()(self.head_drop(features[:, 0]))
+        dist_head = self.get_submodule(self._ndkd_dist_head)
+        dist_logits = dist_head(self.head_drop(features[:, 1]))
+        if not self.training:
+            logits = (logits + dist_logits) / 2
+        return ModelOutput(
+            logits, embedding, list(stages), list(stages), {"dist_logits": dist_logits}
+        )
 
 
 def create_timm_model(
@@ -82,9 +109,16 @@ def create_timm_model(
     except TypeError as error:  # an option the model does not take
         raise ValueError(f"{label}: {error}") from None
     getter = getattr(model, "get_classifier", None)
-    name = classifier_name_of(model, getter() if callable(getter) else None, label)
+    classifier = getter() if callable(getter) else None
+    mixin: type[TimmModel] = TimmModel
+    dist_head = None
+    if isinstance(classifier, tuple) and len(classifier) == 2:  # class + distillation heads
+        classifier, mixin = classifier[0], TimmDistilledModel
+        dist_head = classifier_name_of(model, getter()[1], label)
+    name = classifier_name_of(model, classifier, label)
     indices, stage_info = _stages(model)
-    adapted = adopt(model, TimmModel, name, stage_info)
+    adapted = adopt(model, mixin, name, stage_info)
+    adapted._ndkd_dist_head = dist_head
     adapted._ndkd_indices = indices
     return adapted
 

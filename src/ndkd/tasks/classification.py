@@ -54,6 +54,7 @@ def fp32_output(output: ModelOutput | None) -> ModelOutput | None:
         up(output.embedding),
         [up(x) for x in output.stages],
         [up(x) for x in output.preact_stages],
+        {name: up(x) for name, x in output.heads.items()},
     )
 
 

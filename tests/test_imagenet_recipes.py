@@ -19,7 +19,11 @@ from ndkd.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET = ROOT / "configs" / "imagenet"
-RECIPES = sorted(p for p in IMAGENET.rglob("*.yaml") if not p.name.startswith("_"))
+RECIPES = sorted(  # the ResNet-recipe families; strong/ (the DeiT recipe) has its own test
+    p
+    for p in IMAGENET.rglob("*.yaml")
+    if not p.name.startswith("_") and "strong" not in p.relative_to(IMAGENET).parts
+)
 
 # --- the sources, as tables ----------------------------------------------------------------
 
@@ -42,6 +46,16 @@ PAIRS = {
         "vit_base_patch16_224",
         "timm:vit_base_patch16_224",
         "torchvision:resnet18",
+    ),
+    "resnet152_vit_small_patch16_224": (
+        "resnet152",
+        "torchvision:resnet152",
+        "timm:vit_small_patch16_224",
+    ),
+    "resnet152_vit_base_patch16_224": (
+        "resnet152",
+        "torchvision:resnet152",
+        "timm:vit_base_patch16_224",
     ),
 }
 # Penultimate embedding dims (recipes.md: 512 for ResNet-18/34, 2048 for ResNet-50/101/152,
@@ -88,7 +102,15 @@ REVIEWKDPP = {  # ReviewKD++: (HCL "kd", nd)
 }
 # Table 6 (ResNet-152 teacher, larger students): no weights are published for these students;
 # the recipes take the resnet152 -> resnet18 row for all of them (a choice their comments state).
-for _stem in ("resnet152_resnet34", "resnet152_resnet50", "resnet152_resnet101"):
+TABLE6 = (
+    "resnet152_resnet18",
+    "resnet152_resnet34",
+    "resnet152_resnet50",
+    "resnet152_resnet101",
+    "resnet152_vit_small_patch16_224",  # ViT students with the ResNet recipe
+    "resnet152_vit_base_patch16_224",
+)
+for _stem in TABLE6[1:]:
     KDPP[_stem] = KDPP["resnet152_resnet18"]
 
 TEMPERATURE = 1.0  # paper Sec. 4.1 / recipes.md: T = 1 on ImageNet
@@ -101,10 +123,7 @@ EXPERIMENTS = {  # which (method, pair) recipes each paper table / experiment ne
         SIX,
         ("resnet34_resnet18", "resnet50_resnet18", "resnet101_resnet18", "resnet152_resnet18"),
     ),
-    "Table 6": (
-        ("kd", "kd++"),
-        ("resnet152_resnet18", "resnet152_resnet34", "resnet152_resnet50", "resnet152_resnet101"),
-    ),
+    "Table 6": (("kd", "kd++"), TABLE6),
     "ViT teachers (public code)": (
         ("kd", "kd++", "dkd", "dkd++"),
         ("vit_small_patch16_224_resnet18", "vit_base_patch16_224_resnet18"),
@@ -116,6 +135,8 @@ BASELINES = {  # CE-only students (Tables 2 and 6 "student" rows)
     "resnet50": "torchvision:resnet50",
     "resnet101": "torchvision:resnet101",
     "mobilenet_v1": "mobilenet_v1",
+    "vit_small_patch16_224": "timm:vit_small_patch16_224",
+    "vit_base_patch16_224": "timm:vit_base_patch16_224",
 }
 
 # The ImageNet schedule (paper Sec. 4.1, recipes.md), the same for every recipe.
@@ -210,7 +231,7 @@ def test_every_expected_recipe_exists_and_every_recipe_is_in_the_table():
     present = {_key(p) for p in RECIPES}
     assert sorted(set(EXPECTED) - present) == [], "expected recipes missing"
     assert sorted(present - set(EXPECTED)) == [], "recipes not covered by the table"
-    assert len(EXPECTED) == 49  # 30 (Table 2 + Fig. 5) + 6 (Table 6) + 8 (ViT) + 5 baselines
+    assert len(EXPECTED) == 55  # 30 (Table 2 + Fig. 5) + 10 (Table 6) + 8 (ViT) + 7 baselines
 
 
 @pytest.mark.parametrize("key", sorted(EXPECTED))
@@ -301,8 +322,13 @@ def teachers(tmp_path_factory) -> Iterator[_Teachers]:
 @pytest.mark.parametrize("recipe", RECIPES, ids=_key)
 def test_recipe_dry_runs(recipe, image_root, teachers, tmp_path, capsys):
     config = load_config(recipe)
+    archs = (config.teacher.arch, config.student.arch)
     size, resize = next(
-        (sizes for prefix, sizes in IMAGE_SIZES.items() if config.teacher.arch.startswith(prefix)),
+        (
+            sizes
+            for prefix, sizes in IMAGE_SIZES.items()
+            if any(arch.startswith(prefix) for arch in archs)
+        ),
         SMALL,
     )
     overrides = [

@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+
+from ndkd.engine.optim import effective_lr
+from ndkd.engine.settings import LoopSettings
+
 
 def lr_factor(
     step: int,
@@ -15,6 +20,7 @@ def lr_factor(
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
     warmup_epochs: float = 0.0,
+    min_factor: float = 0.0,
 ) -> float:
     """Multiplier of the base LR at optimizer step ``step`` (0-based).
 
@@ -22,7 +28,8 @@ def lr_factor(
       steps (never 0, so the first step moves);
     - ``multistep``: ``gamma ** (number of milestones <= current epoch)``, epochs counted from
       0 (so ``milestones=[150]`` decays from the 151st epoch on, as the public code);
-    - ``cosine``: half cosine from 1 to 0 over all steps after the warm-up.
+    - ``cosine``: half cosine from 1 to ``min_factor`` over all steps after the warm-up,
+      ``m + (1 - m) * (1 + cos(pi * t)) / 2`` with ``t`` the fraction of those steps done.
     """
     warmup_steps = warmup_epochs * steps_per_epoch
     if step < warmup_steps:
@@ -33,5 +40,27 @@ def lr_factor(
     if schedule == "cosine":
         total = epochs * steps_per_epoch - warmup_steps
         progress = (step - warmup_steps) / max(total, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return min_factor + (1.0 - min_factor) * cosine
     raise ValueError(f"unknown schedule {schedule!r}; expected multistep or cosine")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, settings: LoopSettings, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step :func:`lr_factor` schedule of ``settings`` over ``optimizer`` (built at
+    :func:`~ndkd.engine.optim.effective_lr`); the cosine floor is ``min_lr`` (absolute)."""
+    min_factor = settings.min_lr / effective_lr(settings)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(
+            step,
+            steps_per_epoch,
+            epochs=settings.epochs,
+            schedule=settings.schedule,
+            milestones=settings.milestones,
+            gamma=settings.gamma,
+            warmup_epochs=settings.lr_warmup_epochs,
+            min_factor=min_factor,
+        ),
+    )

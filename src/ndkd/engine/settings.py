@@ -7,13 +7,22 @@ from typing import Protocol
 
 
 class LoopSettings(Protocol):
-    """Hyper-parameters of the loop, read as attributes (no copy of the config)."""
+    """Hyper-parameters of the loop, read as attributes (no copy of the config); see
+    ``ndkd.config.TrainConfig`` for what each means."""
 
     epochs: int
+    batch_size: int
     lr: float
+    lr_reference_batch: int
+    min_lr: float
+    optimizer: str
+    betas: Sequence[float]
     momentum: float
     nesterov: bool
     weight_decay: float
+    decay_norms_and_biases: bool
+    clip_grad_norm: float
+    ema_decay: float
     schedule: str
     milestones: Sequence[int]
     gamma: float
@@ -22,3 +31,5 @@ class LoopSettings(Protocol):
     channels_last: bool
     compile: bool
     eval_every: int
+    checkpoint_every_steps: int
+    checkpoint_every_minutes: float

@@ -18,9 +18,11 @@ from torch.nn.parallel import DistributedDataParallel
 from ndkd.collective import barrier, broadcast_buffers
 from ndkd.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from ndkd.engine.distributed import SINGLE_PROCESS, DistInfo
+from ndkd.engine.ema import ModelEma
 from ndkd.engine.epoch_totals import EpochTotals, NonFiniteLossError
 from ndkd.engine.metrics import MetricsLog
-from ndkd.engine.schedule import lr_factor
+from ndkd.engine.optim import build_optimizer, trained_parameters
+from ndkd.engine.schedule import build_scheduler
 from ndkd.engine.settings import LoopSettings
 from ndkd.engine.stop_signals import RunInterrupted, StopSignals
 from ndkd.models.fold import fold_batchnorm
@@ -72,7 +74,8 @@ class Trainer:
 
     Args:
         task: what a batch is, how models are called, which rows the terms see, how the
-            student is evaluated (its ``primary_metric`` picks ``best.pt``).
+            student is evaluated (the student's ``primary_metric``, never the EMA's, picks
+            ``best.pt``).
         student: the model to train, on ``device``.
         teacher: frozen teacher or ``None``; kept in eval mode, never wrapped in DDP. Each
             step runs :func:`ndkd.models.fold.fold_batchnorm`'s copy of it (the same outputs,
@@ -81,8 +84,12 @@ class Trainer:
             with the student.
         train_loader / test_loader: raw batches for ``task``; the test loader covers this
             process's share of the evaluation set exactly once.
-        settings: loop hyper-parameters (``ndkd.config.TrainConfig``). ``run_dir``: the run
-            folder (rank 0 writes).
+        settings: loop hyper-parameters (``ndkd.config.TrainConfig``): the optimizer
+            (:func:`ndkd.engine.optim.build_optimizer`) and its schedule, gradient-norm
+            clipping (``clip_grad_norm``, on unscaled gradients), and with ``ema_decay`` > 0 an
+            EMA of the student (:class:`ndkd.engine.ema.ModelEma`, updated after every step,
+            evaluated with the student as ``ema_``-prefixed metrics, checkpointed as
+            ``"ema"``). ``run_dir``: the run folder (rank 0 writes).
         config: the resolved config, stored in checkpoints.
         progress: optional callback receiving :class:`ndkd.progress.Progress` (phase
             ``"train"``) at each epoch end and, when ``progress_every`` > 0, every that many
@@ -147,27 +154,10 @@ class Trainer:
                 broadcast_buffers=False,
             )
         self.step_module = torch.compile(step_module) if settings.compile else step_module
-        params = [p for p in (*student.parameters(), *method.parameters()) if p.requires_grad]
-        self.optimizer = torch.optim.SGD(
-            params,
-            lr=settings.lr,
-            momentum=settings.momentum,
-            nesterov=settings.nesterov,
-            weight_decay=settings.weight_decay,
-        )
-        steps = len(train_loader)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_factor(
-                step,
-                steps,
-                epochs=settings.epochs,
-                schedule=settings.schedule,
-                milestones=settings.milestones,
-                gamma=settings.gamma,
-                warmup_epochs=settings.lr_warmup_epochs,
-            ),
-        )
+        self.optimizer = build_optimizer((student, method), settings)
+        self.scheduler = build_scheduler(self.optimizer, settings, len(train_loader))
+        self._trained = trained_parameters(self.optimizer)
+        self.ema = ModelEma(student, settings.ema_decay) if settings.ema_decay > 0 else None
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.amp)
         self.autocast = (
             (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -185,8 +175,9 @@ class Trainer:
     # ----------------------------------------------------------------- state
     def state(self, epoch: int, partial: EpochTotals | None = None, step: int = 0) -> dict:
         """A checkpoint after ``epoch`` finished epochs and, mid-epoch, ``step`` steps of the
-        next one with its running totals (collective: every process calls it)."""
-        return {
+        next one with its running totals (collective: every process calls it). Its tensors
+        are the live ones: save it (or copy it) before training on."""
+        state = {
             "epoch": epoch,
             "step": step,
             "partial": [] if partial is None else _gather(partial.state_dict()),
@@ -200,15 +191,22 @@ class Trainer:
             "best_metric": self.best_metric,
             "config": self.config,
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def resume(self, state: dict[str, Any] | None = None) -> None:
         """Continue from a checkpoint's ``state`` (default: read ``last.pt``): weights,
         optimizer, schedule, scaler, RNG of every process, metrics history, and a mid-epoch
-        position with its running totals; ``metrics.jsonl`` is rewritten to match."""
+        position with its running totals, the EMA; ``metrics.jsonl`` is rewritten to match."""
         if state is None:
             state = load_checkpoint(self.run_dir / LAST)
         self.student.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError("the checkpoint holds no EMA weights (written with ema_decay 0)")
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -252,6 +250,8 @@ class Trainer:
         for epoch in range(self.start_epoch, epochs):
             record = self._train_epoch(epoch)
             broadcast_buffers(self.student)
+            if self.ema is not None:
+                broadcast_buffers(self.ema.module)
             last = epoch + 1 == epochs
             if last or (epoch + 1) % self.settings.eval_every == 0:
                 record.update(self.evaluate())
@@ -286,25 +286,33 @@ class Trainer:
             totals.load_state_dict(self._resumed_totals)
             self.train_loader.start_at(first)
         for step, raw in enumerate(self.train_loader, start=first):
-            batch = self.task.to_device(raw, self.device, self.memory_format)
+            batch = self.task.to_device(raw, self.device, self.memory_format, train=True)
             teacher_out = None
             if self.teacher_forward is not None:
                 with torch.no_grad(), self.autocast():
                     teacher_out = self.task.forward(self.teacher_forward, batch)
             with self.autocast():
                 student_out, losses = self.step_module(batch, teacher_out, epoch)
-            total = sum(value.float() for value in losses.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            self._optimizer_step(sum(value.float() for value in losses.values()))
             totals.add(losses, step)
             totals.meter.update(student_out, teacher_out, batch)
             if step + 1 < steps:
                 self._between_steps(epoch, step + 1, steps, totals)
         self._check_finite(totals, epoch)
         return totals.record(epoch, steps, self.dist.world_size)
+
+    def _optimizer_step(self, total: torch.Tensor) -> None:
+        """Backward, gradient-norm clipping when on, step, schedule, EMA update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.settings.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients (no-op without fp16)
+            torch.nn.utils.clip_grad_norm_(self._trained, self.settings.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
 
     def _between_steps(self, epoch: int, done: int, steps: int, totals: EpochTotals) -> None:
         """After step ``done`` of an epoch: progress, a mid-epoch checkpoint when due, a stop
@@ -409,10 +417,14 @@ class Trainer:
         )
 
     def evaluate(self) -> dict[str, float]:
-        """The task's evaluation metrics of the student, summed over processes."""
-        return self.task.evaluate(
-            self.student, self.test_loader, self.device, self.autocast, self.memory_format
-        )
+        """The task's evaluation metrics of the student and, when kept, of its EMA (the same
+        keys prefixed ``ema_``), summed over processes."""
+        args = (self.test_loader, self.device, self.autocast, self.memory_format)
+        metrics = self.task.evaluate(self.student, *args)
+        if self.ema is not None:
+            ema = self.task.evaluate(self.ema.module, *args)
+            metrics.update({f"ema_{key}": value for key, value in ema.items()})
+        return metrics
 
 
 def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:

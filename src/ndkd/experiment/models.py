@@ -20,8 +20,7 @@ def build_model(
     """
     if spec.drop_path and not spec.arch.startswith("timm:"):
         raise ValueError(
-            f"{role}.drop_path: stochastic depth is an option of timm: models, not of "
-            f"{spec.arch!r}"
+            f"{role}.drop_path: stochastic depth is an option of timm: models, not of {spec.arch!r}"
         )
     options = {"drop_path_rate": spec.drop_path} if spec.drop_path else {}
     model = create_model(

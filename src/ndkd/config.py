@@ -635,6 +635,14 @@ def _validate(config: RunConfig) -> None:
     }.items():
         if not 0 <= value <= 1:
             raise ConfigError(f"{key}: must be a probability in [0, 1], found {value}")
+    effective = train.lr * (
+        train.batch_size / train.lr_reference_batch if train.lr_reference_batch else 1
+    )
+    if train.min_lr > effective:
+        raise ConfigError(
+            f"train.min_lr: {train.min_lr} is above the learning rate it decays from "
+            f"({effective:g}); the cosine schedule would rise"
+        )
     if len(train.betas) != 2:
         raise ConfigError(f"train.betas: expected two numbers (beta1, beta2), found {train.betas}")
     if train.nesterov and train.momentum <= 0 and train.optimizer == "sgd":

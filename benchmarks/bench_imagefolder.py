@@ -5,7 +5,7 @@ images (bicubic-upsampled random 21x16 colour fields) plus Gaussian noise (sigma
 the file size and decode cost of an ImageNet photo. Then measures, side by side in each
 round (order alternating, one warm-up round not counted, median of the rest), images/s of
 
-- training: ``ndkd.data.imagefolder.train_loader`` vs ``ImageFolder`` + ``DataLoader(shuffle)``
+- training: ``ndkd.data.imagefolder.TrainLoader`` vs ``ImageFolder`` + ``DataLoader(shuffle)``
   with RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor + Normalize;
 - evaluation: ``eval_loader`` vs ``ImageFolder`` with Resize(256) + CenterCrop(224) + ...,
 
@@ -41,9 +41,9 @@ from ndkd.data import imagefolder
 from ndkd.data.imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    TrainLoader,
     eval_loader,
     read_image_folders,
-    train_loader,
 )
 
 CLASSES, WIDTH, HEIGHT = 10, 500, 375
@@ -173,7 +173,7 @@ def main() -> None:
             listing(args.listing)
 
         workers = args.workers
-        ours_train = train_loader(
+        ours_train = TrainLoader(
             splits.train, args.batch_size, seed=0, num_workers=workers, pin_memory=False
         )
         ours_eval = eval_loader(splits.val, args.batch_size, num_workers=workers, pin_memory=False)

@@ -21,10 +21,10 @@ from ndkd.data import imagefolder
 from ndkd.data.imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    TrainLoader,
     eval_loader,
     random_resized_crop_box,
     read_image_folders,
-    train_loader,
 )
 from ndkd.data.sampling import EpochShardSampler
 
@@ -191,7 +191,7 @@ def test_corrupt_image_is_refused_with_its_name(tmp_path):
     broken.write_bytes(broken.read_bytes()[:100])  # truncated JPEG
     splits = _splits(root)
     with pytest.raises(ValueError, match=f"cannot read image {broken}"):
-        _epoch(train_loader(splits.train, 2, seed=0))
+        _epoch(TrainLoader(splits.train, 2, seed=0))
     (root / "val" / "class_00" / "000.jpg").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="cannot read image .*class_00.000.jpg"):
         splits.val[0]
@@ -298,7 +298,7 @@ def test_crop_boxes_follow_random_resized_crop():
 
 def test_train_batches(folder):
     splits = _splits(folder)
-    loader = train_loader(splits.train, 8, seed=0, pin_memory=False)
+    loader = TrainLoader(splits.train, 8, seed=0, pin_memory=False)
     assert len(loader) == 4  # 30 samples: 3 full batches and one of 6
     batches = _epoch(loader)
     assert [len(b[0]) for b in batches] == [8, 8, 8, 6]
@@ -308,7 +308,7 @@ def test_train_batches(folder):
     pixels = _unnormalize(torch.cat([b[0] for b in batches]))
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
     assert sorted(torch.cat([b[1] for b in batches]).tolist()) == splits.train.labels.tolist()
-    loader = train_loader(splits.train, 8, seed=0, drop_last=True, return_indices=True)
+    loader = TrainLoader(splits.train, 8, seed=0, drop_last=True, return_indices=True)
     batches = _epoch(loader)
     assert len(loader) == len(batches) == 3 and len(batches[0]) == 3
     for _, labels, indices in batches:
@@ -319,7 +319,7 @@ def test_same_seed_and_epoch_give_identical_batches_with_any_worker_count(folder
     splits = _splits(folder)
     runs = {}
     for workers in (0, 2):
-        loader = train_loader(splits.train, 7, seed=5, num_workers=workers, return_indices=True)
+        loader = TrainLoader(splits.train, 7, seed=5, num_workers=workers, return_indices=True)
         epochs = []
         for epoch in (0, 1, 3):
             loader.set_epoch(epoch)
@@ -340,7 +340,7 @@ def test_same_seed_and_epoch_give_identical_batches_with_any_worker_count(folder
 
 def test_start_at_resumes_mid_epoch_without_loading_skipped_batches(folder, monkeypatch):
     splits = _splits(folder)
-    loader = train_loader(splits.train, 4, seed=1, return_indices=True)
+    loader = TrainLoader(splits.train, 4, seed=1, return_indices=True)
     loader.set_epoch(2)
     full = _epoch(loader)
     decoded = []
@@ -348,7 +348,7 @@ def test_start_at_resumes_mid_epoch_without_loading_skipped_batches(folder, monk
     monkeypatch.setattr(
         imagefolder, "decode_image", lambda path: decoded.append(path) or original(path)
     )
-    resumed = train_loader(splits.train, 4, seed=1, return_indices=True)
+    resumed = TrainLoader(splits.train, 4, seed=1, return_indices=True)
     resumed.set_epoch(2)
     resumed.start_at(5)
     assert _same(_epoch(resumed), full[5:])
@@ -360,7 +360,7 @@ def test_start_at_resumes_mid_epoch_without_loading_skipped_batches(folder, monk
 
 def test_start_at_with_workers(folder):
     splits = _splits(folder)
-    loader = train_loader(splits.train, 4, seed=1, num_workers=2)
+    loader = TrainLoader(splits.train, 4, seed=1, num_workers=2)
     loader.set_epoch(1)
     full = _epoch(loader)
     loader.start_at(3)
@@ -411,18 +411,18 @@ def test_train_without_augmentation(folder):
     assert torch.equal(plain[(3, 0)][0], plain[(3, 7)][0])  # no augmentation
     labels = torch.cat([b[1] for b in eval_loader(plain, 8, num_workers=2)])
     assert torch.equal(labels, splits.train.labels)
-    batches = _epoch(train_loader(plain, 8, seed=0))
+    batches = _epoch(TrainLoader(plain, 8, seed=0))
     assert sum(len(b[0]) for b in batches) == len(plain)
 
 
 def test_bad_loader_arguments(folder):
     train = _splits(folder).train
     with pytest.raises(ValueError, match="rank"):
-        train_loader(train, 4, seed=0, rank=2, world_size=2)
+        TrainLoader(train, 4, seed=0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="batch_size"):
         eval_loader(train, 0)
     with pytest.raises(ValueError, match="seed"):
-        train_loader(train, 4, seed=-1)
+        TrainLoader(train, 4, seed=-1)
     with pytest.raises(IndexError):
         train[len(train)]
 
@@ -458,7 +458,7 @@ def test_timm_augmentations_are_deterministic_with_workers_and_resume(folder):
     state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     runs = {}
     for workers in (0, 2):
-        loader = train_loader(train, 7, seed=5, num_workers=workers, return_indices=True)
+        loader = TrainLoader(train, 7, seed=5, num_workers=workers, return_indices=True)
         loader.set_epoch(2)
         runs[workers] = _epoch(loader)
     assert _same(runs[0], runs[2])
@@ -469,7 +469,7 @@ def test_timm_augmentations_are_deterministic_with_workers_and_resume(folder):
         for image, index in zip(images, indices.tolist()):
             random.random(), np.random.rand(), torch.rand(1)  # the global state is not read
             assert torch.equal(image, dataset[(index, 2)][0])
-    loader = train_loader(train, 7, seed=5, num_workers=0, return_indices=True)
+    loader = TrainLoader(train, 7, seed=5, num_workers=0, return_indices=True)
     loader.set_epoch(2)
     loader.start_at(2)
     assert _same(_epoch(loader), runs[0][2:])
@@ -564,7 +564,7 @@ def test_repeated_augmentation_loader(folder):
     for workers in (0, 2):
         epochs = []
         for rank in range(2):
-            loader = train_loader(
+            loader = TrainLoader(
                 train,
                 4,
                 seed=3,
@@ -587,11 +587,11 @@ def test_repeated_augmentation_loader(folder):
     assert len(images) == 10 and all(len(copies) == 3 for copies in images.values())
     for copies in images.values():
         assert not any(torch.equal(a, b) for a, b in itertools.combinations(copies, 2))
-    resumed = train_loader(
+    resumed = TrainLoader(
         train, 4, seed=3, rank=1, world_size=2, return_indices=True, repeated_augmentations=3
     )
     resumed.set_epoch(1)
     resumed.start_at(2)
     assert _same(_epoch(resumed), runs[0][1][2:])
     with pytest.raises(ValueError, match="repeated_augmentations"):
-        train_loader(train, 4, seed=0, repeated_augmentations=-1)
+        TrainLoader(train, 4, seed=0, repeated_augmentations=-1)

@@ -706,36 +706,6 @@ class TrainLoader:
         return iter(self.loader)
 
 
-def train_loader(
-    dataset: ImageFolderDataset,
-    batch_size: int,
-    *,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    drop_last: bool = False,
-    return_indices: bool = False,
-    pin_memory: bool | None = None,
-    repeated_augmentations: int = 0,
-) -> TrainLoader:
-    """The training loader of ``dataset`` (see :class:`TrainLoader`); ``pin_memory``
-    defaults to ``torch.cuda.is_available()``; ``repeated_augmentations``: DeiT's repeated
-    augmentation count (3 in DeiT; 0 off)."""
-    return TrainLoader(
-        dataset,
-        batch_size,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        return_indices=return_indices,
-        pin_memory=pin_memory,
-        repeated_augmentations=repeated_augmentations,
-    )
-
-
 def eval_loader(
     dataset: ImageFolderDataset,
     batch_size: int,

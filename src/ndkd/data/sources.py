@@ -29,7 +29,6 @@ from ndkd.data.imagefolder import (
     TrainLoader,
     eval_loader,
     read_image_folders,
-    train_loader,
 )
 from ndkd.data.loader import InMemoryLoader
 
@@ -139,7 +138,7 @@ def training_loader(
     processes of a streaming set; ``repeated_augmentations``: a streaming set's repeated
     augmentation count)."""
     if isinstance(dataset, ImageFolderDataset):
-        return train_loader(
+        return TrainLoader(
             dataset,
             batch_size,
             seed=seed,

@@ -42,16 +42,19 @@ class TimmModel(SourceModel):
     _ndkd_dist_head: str | None  # the distillation head's name (distilled models only)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        stages: list[torch.Tensor] = []
-        if self._ndkd_indices is None:
-            features = self.forward_features(x)
-        else:
-            features, stages = self.forward_intermediates(
-                x, indices=self._ndkd_indices, output_fmt="NCHW"
-            )
+        features, stages = self._features(x)
         embedding = self.forward_head(features, pre_logits=True)
         logits = self.get_classifier()(embedding)
-        return ModelOutput(logits, embedding, list(stages), list(stages))
+        return ModelOutput(logits, embedding, stages, list(stages))
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The final features and the stage maps of one forward pass."""
+        if self._ndkd_indices is None:
+            return self.forward_features(x), []
+        features, stages = self.forward_intermediates(
+            x, indices=self._ndkd_indices, output_fmt="NCHW"
+        )
+        return features, list(stages)
 
 
 class TimmDistilledModel(TimmModel):
@@ -62,22 +65,14 @@ class TimmDistilledModel(TimmModel):
     of both heads, as DeiT evaluates."""
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        stages: list[torch.Tensor] = []
-        if self._ndkd_indices is None:
-            features = self.forward_features(x)
-        else:
-            features, stages = self.forward_intermediates(
-                x, indices=self._ndkd_indices, output_fmt="NCHW"
-            )
+        features, stages = self._features(x)
         embedding = self.forward_head(features, pre_logits=True)
         logits = self.get_classifier()(self.head_drop(features[:, 0]))
         dist_head = self.get_submodule(self._ndkd_dist_head)
         dist_logits = dist_head(self.head_drop(features[:, 1]))
         if not self.training:
             logits = (logits + dist_logits) / 2
-        return ModelOutput(
-            logits, embedding, list(stages), list(stages), {"dist_logits": dist_logits}
-        )
+        return ModelOutput(logits, embedding, stages, list(stages), {"dist_logits": dist_logits})
 
 
 def create_timm_model(

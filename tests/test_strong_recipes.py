@@ -125,8 +125,8 @@ def test_deitpp_style_run_end_to_end(folder, tmp_path):
     recipe = STRONG / "deit++" / "regnety_160_deit_base_distilled_patch16_224.yaml"
     common = [
         f"data.root={folder}",
-        "data.image_size=32",
-        "data.eval_resize=36",
+        "data.image_size=224",  # the ViT's own input size (its position embeddings)
+        "data.eval_resize=256",
         "data.num_workers=0",
         "teacher.arch=resnet8",
         f"teacher.checkpoint={tmp_path / 'teacher.pth'}",
@@ -145,22 +145,25 @@ def test_deitpp_style_run_end_to_end(folder, tmp_path):
         "student.arch=timm:deit_tiny_distilled_patch16_224",
     ]
     assert main(["centers", "-c", str(recipe), *common]) == 0
-    # timm's img_size option is not a config key: the student must accept 32 px input
-    from ndkd.experiment import models as model_builder
-
-    original = model_builder.create_model
-
-    def small(arch, *args, **kwargs):
-        if arch.startswith("timm:"):
-            kwargs["img_size"] = 32
-        return original(arch, *args, **kwargs)
-
-    model_builder.create_model = small
-    try:
-        assert main(["train", "-c", str(recipe), *common, *student]) == 0
-    finally:
-        model_builder.create_model = original
+    assert main(["train", "-c", str(recipe), *common, *student]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert len(records) == 2
     for key in ("loss/ce", "loss/hard_distill", "loss/nd", "test_top1", "ema_test_top1"):
         assert key in records[-1] and records[-1][key] == records[-1][key]  # present, not NaN
+
+
+def test_gradient_checkpointing_keeps_the_gradients():
+    from ndkd.config import ModelConfig
+    from ndkd.experiment.models import build_model
+
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        spec = ModelConfig("timm:vit_tiny_patch16_224", grad_checkpointing=checkpointing)
+        model = build_model(spec, "student", 5, 3, torch.device("cpu")).train()
+        torch.manual_seed(1)
+        model(torch.randn(2, 3, 224, 224)).logits.sum().backward()
+        grads.append(model.patch_embed.proj.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(ValueError, match="student.grad_checkpointing: an option of timm"):
+        build_model(ModelConfig("resnet8", grad_checkpointing=True), "student", 5, 3, "cpu")

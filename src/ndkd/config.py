@@ -126,6 +126,9 @@ class ModelConfig:
     (downloaded by it: needs internet on first use)."""
     drop_path: float = 0.0
     """``timm:`` models: stochastic depth rate (``drop_path_rate``); 0: off."""
+    grad_checkpointing: bool = False
+    """``timm:`` students: recompute block activations in the backward pass instead of
+    keeping them (less memory for large students, about a third more compute)."""
 
 
 @dataclass

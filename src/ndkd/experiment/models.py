@@ -18,14 +18,16 @@ def build_model(
 
     ``role`` (``"student"``/``"teacher"``) names the config section in error messages.
     """
-    if spec.drop_path and not spec.arch.startswith("timm:"):
-        raise ValueError(
-            f"{role}.drop_path: stochastic depth is an option of timm: models, not of {spec.arch!r}"
-        )
+    timm_only = {"drop_path": spec.drop_path, "grad_checkpointing": spec.grad_checkpointing}
+    for key, value in timm_only.items():
+        if value and not spec.arch.startswith("timm:"):
+            raise ValueError(f"{role}.{key}: an option of timm: models, not of {spec.arch!r}")
     options = {"drop_path_rate": spec.drop_path} if spec.drop_path else {}
     model = create_model(
         spec.arch, num_classes, in_channels=in_channels, pretrained=spec.pretrained, **options
     )
+    if spec.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         if not path.exists():

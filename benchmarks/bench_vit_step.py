@@ -27,7 +27,7 @@ OPTIONS = {
 }
 
 
-def one_run(size: int, batch: int, steps: int, option: dict) -> dict:
+def one_run(size: int, batch: int, steps: int, option: dict, device: str) -> dict:
     import torch
 
     from ndkd.centers import ClassMeans
@@ -40,18 +40,19 @@ def one_run(size: int, batch: int, steps: int, option: dict) -> dict:
     from ndkd.tasks import ClassificationTask
 
     torch.manual_seed(0)
-    cpu = torch.device("cpu")
+    target = torch.device(device)
     student = create_model("timm:vit_small_patch16_224", 100, img_size=size)
     student.set_grad_checkpointing(option.get("grad_checkpointing", False))
-    teacher = create_model("torchvision:resnet18", 100).eval()
+    student = student.to(target)
+    teacher = create_model("torchvision:resnet18", 100).eval().to(target)
     images = torch.randn(batch * steps, 3, size, size)
     labels = torch.arange(batch * steps) % 100
     data = ImageTensorDataset(images, labels, 100)
     with torch.no_grad():
         context = BuildContext(
             100,
-            student.eval()(images[:2]),
-            teacher(images[:2]),
+            student.eval()(images[:2].to(target)),
+            teacher(images[:2].to(target)),
             ClassMeans(torch.rand(100, 512) + 0.1),
         )
     terms = [
@@ -72,17 +73,17 @@ def one_run(size: int, batch: int, steps: int, option: dict) -> dict:
             task=ClassificationTask(),
             student=student,
             teacher=teacher,
-            method=Distiller(terms, context),
-            train_loader=InMemoryLoader(data, batch, shuffle=True, drop_last=True),
+            method=Distiller(terms, context).to(target),
+            train_loader=InMemoryLoader(data, batch, shuffle=True, drop_last=True, device=target),
             test_loader=InMemoryLoader(
                 ImageTensorDataset(images[:batch], labels[:batch], 100), batch
             ),
             settings=settings,
             run_dir=run_dir,
-            device=cpu,
+            device=target,
             progress_every=0,
         ).fit()
-    return {"images_per_s": history[-1]["images_per_s"], "peak_mb": peak_memory_mb(cpu)}
+    return {"images_per_s": history[-1]["images_per_s"], "peak_mb": peak_memory_mb(target)}
 
 
 def main() -> None:
@@ -90,12 +91,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
-        print(json.dumps(one_run(args.size, args.batch, args.steps, OPTIONS[args.only])))
+        figures = one_run(args.size, args.batch, args.steps, OPTIONS[args.only], args.device)
+        print(json.dumps(figures))
         return
-    print(f"ViT-S/16 student at {args.size}px, batch {args.batch}, resnet18 teacher, CE+KD+ND, CPU")
+    print(
+        f"ViT-S/16 student at {args.size}px, batch {args.batch}, resnet18 teacher, CE+KD+ND, "
+        f"{args.device}"
+    )
     base = None
     for name in OPTIONS:
         command = [
@@ -109,6 +115,8 @@ def main() -> None:
             str(args.steps),
             "--only",
             name,
+            "--device",
+            args.device,
         ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -118,7 +126,7 @@ def main() -> None:
         base = base or figures
         print(
             f"  {name:<24} {figures['images_per_s']:7.1f} img/s "
-            f"({figures['images_per_s'] / base['images_per_s']:.2f}x)  peak RSS "
+            f"({figures['images_per_s'] / base['images_per_s']:.2f}x)  peak memory "
             f"{figures['peak_mb']:7.0f} MB ({figures['peak_mb'] / base['peak_mb']:.2f}x)"
         )
 

@@ -6,7 +6,8 @@ processes, collation) is the bottleneck of a training step. :class:`InMemoryLoad
 produces each batch with one gather and the batched transform.
 
 Determinism: the sample order of epoch ``e`` comes from a CPU generator seeded with
-``seed + e`` (the same on every rank, as ``DistributedSampler`` does); augmentation draws
+``seed + e`` (the same on every rank, as ``DistributedSampler`` does; the same order as the
+streaming loaders', :mod:`ndkd.data.sampling`); augmentation draws
 come from a CPU generator seeded from ``(seed, e, rank)``, drawn once per epoch and moved to
 the device, so results do not depend on the device.
 """
@@ -21,6 +22,7 @@ import torch
 
 from ndkd.data.augment import draw_crop_flip
 from ndkd.data.datasets import ImageTensorDataset
+from ndkd.data.sampling import check_shard, epoch_order, shard_indices
 
 
 class InMemoryLoader:
@@ -54,8 +56,7 @@ class InMemoryLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        check_shard(rank, world_size)
         if len(dataset) == 0:
             raise ValueError("cannot load from an empty dataset")
         self.images = dataset.images.to(device) if device is not None else dataset.images
@@ -94,15 +95,8 @@ class InMemoryLoader:
 
     def indices(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch, in order (CPU ``int64``)."""
-        total = len(self.images)
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(total, generator=generator)
-        else:
-            order = torch.arange(total)
-        padded = self.num_samples * self.world_size
-        order = order.repeat(math.ceil(padded / total))[:padded]
-        return order[self.rank :: self.world_size]
+        order = epoch_order(len(self.images), self.seed, self.epoch, shuffle=self.shuffle)
+        return shard_indices(order, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         indices = self.indices()

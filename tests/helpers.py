@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from torch import nn
+
 TEACHER, STUDENT = "wrn_16_2", "resnet8"  # 128-d vs 64-d embeddings: the nd projector is used
 
 
@@ -38,3 +41,17 @@ def ndkd_command(*args: str) -> list[str]:
 
 def run_ndkd(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(ndkd_command(*args), capture_output=True, text=True, **kwargs)
+
+
+def with_trained_statistics(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with non-trivial BN statistics and affine parameters, as a
+    trained model has."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(c, generator=generator) * 0.1)
+    return model.eval()

@@ -6,21 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import with_trained_statistics
 from ndkd.models import create_model
 from ndkd.models.fold import fold_batchnorm
-
-
-def _with_trained_statistics(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, as a trained model has."""
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            c = module.num_features
-            module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(c, generator=generator) * 0.1)
-    return model.eval()
 
 
 def _outputs(out):
@@ -29,7 +17,7 @@ def _outputs(out):
 
 @pytest.mark.parametrize("arch", ["resnet20", "wrn_16_2", "mobilenetv2", "shufflenetv1"])
 def test_folded_model_gives_the_same_outputs(arch):
-    model = _with_trained_statistics(create_model(arch, 10))
+    model = with_trained_statistics(create_model(arch, 10))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = fold_batchnorm(model)
     x = torch.randn(4, 3, 32, 32)

@@ -16,6 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
+from helpers import with_trained_statistics
 from ndkd.config import TermConfig
 from ndkd.methods import BuildContext, Distiller, StepOutputs
 from ndkd.methods.ofd import bn_before_relu
@@ -31,19 +32,6 @@ VIT_OPTIONS = {"img_size": 32}  # 2x2 token maps, a cheap ViT for tests
 
 def _outputs(out):
     return [out.logits, out.embedding, *out.stages, *out.preact_stages]
-
-
-def _with_trained_statistics(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, as a trained model has."""
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            c = module.num_features
-            module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(c, generator=generator) * 0.1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +122,7 @@ def test_torchvision_in_channels_and_options():
 
 
 def test_folding_a_torchvision_resnet_keeps_its_outputs(resnet18):
-    model = _with_trained_statistics(resnet18)
+    model = with_trained_statistics(resnet18)
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(2, 3, 64, 64)
@@ -356,7 +344,7 @@ def test_mobilenet_v1_output_contract():
 
 
 def test_folding_mobilenet_v1_keeps_its_outputs():
-    model = _with_trained_statistics(create_model("mobilenet_v1", 10))
+    model = with_trained_statistics(create_model("mobilenet_v1", 10))
     folded = fold_batchnorm(model)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -342,27 +342,24 @@ class Trainer:
         minutes = self.settings.checkpoint_every_minutes
         if not minutes or not sync_point:
             return False
-        return self._agree(time.monotonic() - self._last_save >= 60 * minutes)
+        due = time.monotonic() - self._last_save >= 60 * minutes
+        return bool(self._max_over_processes(int(due)))
 
     def _stop_requested(self, sync_point: bool) -> bool:
         """Whether a stop signal arrived (agreed by all processes at sync points)."""
         if not sync_point:
             return False
-        signum = self._signals.signum or 0
-        if self.dist.enabled:
-            flag = torch.tensor([signum], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            signum = int(flag.item())
-            self._signals.signum = signum or None
+        signum = self._max_over_processes(self._signals.signum or 0)
+        self._signals.signum = signum or None
         return bool(signum)
 
-    def _agree(self, flag: bool) -> bool:
-        """``flag`` of any process, on every process (identity for one process)."""
+    def _max_over_processes(self, value: int) -> int:
+        """The largest ``value`` of all processes, on every process (identity for one)."""
         if not self.dist.enabled:
-            return flag
-        value = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+            return value
+        tensor = torch.tensor([value], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
     def _interrupted(self, where: str) -> RunInterrupted:
         return RunInterrupted(

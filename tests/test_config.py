@@ -15,7 +15,7 @@ from ndkd.config import (
     load_config,
     resume_conflicts,
 )
-from ndkd.data.catalog import dataset_names
+from ndkd.data.catalog import dataset_names, task_of
 
 
 def write(tmp_path, text):
@@ -96,7 +96,24 @@ def test_new_sections_default_to_the_behaviour_before_them(tmp_path):
 
 def test_every_catalog_dataset_is_a_valid_data_name(tmp_path):
     for name in dataset_names():
-        assert load_config(write(tmp_path, BASE), [f"data.name={name}"]).data.name == name
+        overrides = [f"data.name={name}", f"task={task_of(name)}"]
+        assert load_config(write(tmp_path, BASE), overrides).data.name == name
+
+
+def test_task_must_fit_the_data(tmp_path):
+    with pytest.raises(ConfigError, match="voc2007 has multilabel labels, found task: classif"):
+        load_config(write(tmp_path, BASE), ["data.name=voc2007"])
+    with pytest.raises(ConfigError, match="digits has classification labels"):
+        load_config(write(tmp_path, BASE), ["task=multilabel"])
+    with pytest.raises(ConfigError, match="not for multilabel"):
+        load_config(write(tmp_path, BASE), ["data.name=voc2007", "task=multilabel", "data.mixup=0.8"])
+
+
+def test_stage_one_needs_a_projection(tmp_path):
+    with pytest.raises(ConfigError, match="student.embedding_dim, which is 0"):
+        load_config(write(tmp_path, BASE), ["train.trainable=embedding_projection"])
+    with pytest.raises(ConfigError, match="teacher.embedding_dim: must be non-negative"):
+        load_config(write(tmp_path, BASE), ["teacher.embedding_dim=-1"])
 
 
 def test_the_safe_key_lists_name_real_keys():

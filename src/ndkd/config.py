@@ -28,7 +28,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from ndkd.data.catalog import dataset_names
+from ndkd.data.catalog import dataset_names, task_of
 
 
 class ConfigError(ValueError):
@@ -129,6 +129,12 @@ class ModelConfig:
     grad_checkpointing: bool = False
     """``timm:`` students: recompute block activations in the backward pass instead of
     keeping them (less memory for large students, about a third more compute)."""
+    pool: Literal["", "avg", "max", "avgmax"] = ""
+    """``torchvision:`` models: the global pooling before the classifier: ``avg`` (GAP),
+    ``max`` (GMP) or ``avgmax`` (their mean, LSHFM's GWP); empty: the model's own."""
+    embedding_dim: int = 0
+    """``torchvision:`` models: N > 0 inserts a ``Linear(D, N)`` between the pooled feature
+    and the classifier (LSHFM's ``feat_fc``): the embedding is its output. 0: none."""
 
 
 @dataclass
@@ -198,6 +204,10 @@ class TrainConfig:
     checkpoint_every_minutes: float = 0.0
     """Also write ``last.pt`` inside an epoch when this many minutes passed since the last
     checkpoint (0: off); checked where progress is reported."""
+    trainable: Literal["all", "embedding_projection"] = "all"
+    """Student parameters the optimizer updates: ``all``, or only the projection of
+    ``student.embedding_dim`` (LSHFM's first stage; the rest stays as loaded, batch-norm
+    statistics still update as in the authors' code)."""
 
 
 @dataclass
@@ -219,8 +229,10 @@ class RunConfig:
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     output_dir: str = "runs/default"
     """Run folder; ``{seed}`` in it is replaced by the seed (one folder per seed)."""
-    task: Literal["classification"] = "classification"
-    """The task the run trains (more will come: multilabel, detection)."""
+    task: Literal["classification", "multilabel"] = "classification"
+    """The task the run trains: ``classification`` (one label per image) or ``multilabel``
+    (a set of labels per image; needs a multi-label data set: voc2007, coco2014,
+    digit_canvas)."""
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
@@ -675,6 +687,21 @@ def _validate(config: RunConfig) -> None:
                 f"{key}: an image-folder augmentation (data.name: imagefolder); "
                 f"{config.data.name} uses its own fixed batched augmentation"
             )
+    data_task = task_of(config.data.name)
+    if data_task != config.task:
+        raise ConfigError(
+            f"task: {config.data.name} has {data_task} labels, found task: {config.task}"
+        )
+    if config.task == "multilabel" and (config.data.mixup or config.data.cutmix):
+        raise ConfigError("data.mixup/data.cutmix: single-label augmentations, not for multilabel")
+    for role in ("student", "teacher"):
+        if getattr(config, role).embedding_dim < 0:
+            raise ConfigError(f"{role}.embedding_dim: must be non-negative")
+    if config.train.trainable == "embedding_projection" and not config.student.embedding_dim:
+        raise ConfigError(
+            "train.trainable: embedding_projection trains the projection of "
+            "student.embedding_dim, which is 0 (no projection)"
+        )
     if not config.student.arch:
         raise ConfigError("student.arch: required (a zoo name, torchvision:NAME or timm:NAME)")
     if not config.terms:

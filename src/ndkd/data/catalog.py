@@ -14,6 +14,9 @@ class DatasetEntry:
     bundled: bool
     """Built from data shipped with a dependency (scikit-learn): ``data.root`` is unused."""
     summary: str
+    task: str = "classification"
+    """The task its labels are for: ``classification`` (one class per image) or
+    ``multilabel`` (a set of classes per image)."""
 
 
 CATALOG: dict[str, DatasetEntry] = {
@@ -28,6 +31,26 @@ CATALOG: dict[str, DatasetEntry] = {
             False,
             "train/ and val/ folders with one sub-folder of images per class (ImageNet layout)",
         ),
+        DatasetEntry(
+            "voc2007",
+            False,
+            "PASCAL VOC 2007 (VOCdevkit/VOC2007 with JPEGImages/, Annotations/ and "
+            "ImageSets/Main/{trainval,test}.txt), 20 classes",
+            "multilabel",
+        ),
+        DatasetEntry(
+            "coco2014",
+            False,
+            "COCO 2014 (annotations/instances_{train,val}2014.json, train2014/, val2014/), "
+            "80 classes",
+            "multilabel",
+        ),
+        DatasetEntry(
+            "digit_canvas",
+            True,
+            "several scikit-learn digits on one canvas, labels = the digits present",
+            "multilabel",
+        ),
     )
 }
 
@@ -40,3 +63,8 @@ def dataset_names() -> tuple[str, ...]:
 def is_bundled(name: str) -> bool:
     """True for data sets that need no ``data.root``."""
     return CATALOG[name].bundled
+
+
+def task_of(name: str) -> str:
+    """The task data set ``name`` has labels for."""
+    return CATALOG[name].task

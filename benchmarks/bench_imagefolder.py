@@ -5,7 +5,7 @@ images (bicubic-upsampled random 21x16 colour fields) plus Gaussian noise (sigma
 the file size and decode cost of an ImageNet photo. Then measures, side by side in each
 round (order alternating, one warm-up round not counted, median of the rest), images/s of
 
-- training: ``ndkd.data.imagefolder.TrainLoader`` vs ``ImageFolder`` + ``DataLoader(shuffle)``
+- training: ``ndkd.data.streaming.TrainLoader`` vs ``ImageFolder`` + ``DataLoader(shuffle)``
   with RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor + Normalize;
 - evaluation: ``eval_loader`` vs ``ImageFolder`` with Resize(256) + CenterCrop(224) + ...,
 
@@ -37,14 +37,9 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from common import describe_machine
-from ndkd.data import imagefolder
-from ndkd.data.imagefolder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TrainLoader,
-    eval_loader,
-    read_image_folders,
-)
+from ndkd.data import streaming
+from ndkd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, read_image_folders
+from ndkd.data.streaming import TrainLoader, eval_loader
 
 CLASSES, WIDTH, HEIGHT = 10, 500, 375
 
@@ -141,7 +136,7 @@ def main() -> None:
     )
     turbo = features.version("libjpeg_turbo") if features.check("libjpeg_turbo") else None
     print(describe_machine())
-    jpeg = "torchvision.io.decode_jpeg" if imagefolder._DECODE_JPEG else "Pillow"
+    jpeg = "torchvision.io.decode_jpeg" if streaming._DECODE_JPEG else "Pillow"
     print(
         f"ndkd decodes JPEGs with {jpeg}, other formats with Pillow {PIL.__version__} "
         f"({'libjpeg-turbo ' + turbo if turbo else 'libjpeg'}); resizes with torch "

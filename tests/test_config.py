@@ -106,7 +106,9 @@ def test_task_must_fit_the_data(tmp_path):
     with pytest.raises(ConfigError, match="digits has classification labels"):
         load_config(write(tmp_path, BASE), ["task=multilabel"])
     with pytest.raises(ConfigError, match="not for multilabel"):
-        load_config(write(tmp_path, BASE), ["data.name=voc2007", "task=multilabel", "data.mixup=0.8"])
+        load_config(
+            write(tmp_path, BASE), ["data.name=voc2007", "task=multilabel", "data.mixup=0.8"]
+        )
 
 
 def test_stage_one_needs_a_projection(tmp_path):
@@ -157,3 +159,12 @@ def test_resume_conflicts_ignore_safe_keys_and_longer_training(tmp_path):
     unsafe = _resolved(tmp_path, "seed=1", "train.amp=bf16", "terms.1.weight=2")
     assert "output_dir" in config_differences(old, unsafe)  # {seed} in it; output only
     assert resume_conflicts(old, unsafe) == ["seed", "terms", "train.amp"]
+
+
+def test_seed_placeholder_in_checkpoint_paths(tmp_path):
+    config = load_config(
+        write(tmp_path, BASE),
+        ["seed=7", "student.checkpoint=runs/stage1/seed{seed}/last.pt"],
+    )
+    assert config.student.checkpoint == "runs/stage1/seed7/last.pt"
+    assert config.teacher.checkpoint == "t.pth" and config.output_dir == "runs/x/seed7"

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from ndkd.console import ProgressPrinter, epoch_summary
+from ndkd.console import ProgressPrinter, epoch_summary, evaluation_summary
 from ndkd.progress import Progress
 
 FULL = {
@@ -47,7 +47,7 @@ def train_events(epoch: int = 2, steps: int = 3) -> list[Progress]:
 def test_full_record_line_format():
     assert epoch_summary(FULL, 5) == (
         "epoch 2/5  loss 1.5000 (ce 1.0000 kd 0.5000)  lr 0.05  train 61.25%  "
-        "test 58.50% top-5 85.12%  |s| 4.50 |t| 6.25  12.3s 4052 img/s"
+        "test top-1 58.50% top-5 85.12%  |s| 4.50 |t| 6.25  12.3s 4052 img/s"
     )
 
 
@@ -137,10 +137,10 @@ def test_disabled_prints_nothing(terminal):
         (
             {"epoch": 1, "loss": 1.0, "loss/ce": 1.0, "lr": 0.1, "test_top1": 40.0},
             2,
-            "epoch 1/2  loss 1.0000 (ce 1.0000)  lr 0.1  test 40.00%",
+            "epoch 1/2  loss 1.0000 (ce 1.0000)  lr 0.1  test top-1 40.00%",
         ),
         ({"epoch": 1, "test_top5": 90.0}, 2, "epoch 1/2  test top-5 90.00%"),
-        ({"epoch": 1, "test_map": 0.4567}, 2, "epoch 1/2  map 0.4567"),
+        ({"epoch": 1, "test_map": 0.4567}, 2, "epoch 1/2  test mAP 0.46%"),
         ({"epoch": 1, "student_emb_norm": 3.0}, 2, "epoch 1/2  |s| 3.00"),
         ({"epoch": 1, "images_per_s": 99.6}, 2, "epoch 1/2  100 img/s"),
         ({"epoch": 1, "epoch_time_s": 2.25, "note": "x"}, 2, "epoch 1/2  2.2s"),
@@ -155,3 +155,20 @@ def test_printer_prints_partial_record():
     printer = ProgressPrinter(io.StringIO(), lines)
     printer(Progress("train", 5, 5, 1, 1, record={"epoch": 1, "loss": 0.5}))
     assert lines.getvalue() == "epoch 1/1  loss 0.5000\n"
+
+
+def test_multi_label_epoch_line_keeps_per_class_values_off_the_screen():
+    record = {
+        "epoch": 2,
+        "train_precision": 81.25,
+        "train_recall": 60.5,
+        "test_map": 90.14,
+        "test_map_11point": 88.0,
+        "test_cf1": 85.0,
+        "test_ap/person": 97.0,
+        "test_samples": 4952,
+    }
+    line = epoch_summary(record, 60)
+    assert "train P 81.2% R 60.5%" in line and "test mAP 90.14%" in line
+    assert "cf1 85" in line and "person" not in line and "11point" not in line
+    assert evaluation_summary({"test_map": 90.14}) == "test mAP 90.14%"

@@ -17,16 +17,15 @@ from torch.utils.data import DistributedSampler
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
-from ndkd.data import imagefolder
+from ndkd.data import streaming
 from ndkd.data.imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    TrainLoader,
-    eval_loader,
     random_resized_crop_box,
     read_image_folders,
 )
 from ndkd.data.sampling import EpochShardSampler
+from ndkd.data.streaming import TrainLoader, eval_loader
 
 SIZE, EVAL_RESIZE = 32, 36  # small stand-ins for 224 / 256
 
@@ -215,7 +214,7 @@ def test_other_formats_and_modes_decode_as_pillow_does(tmp_path):
     for i in range(len(train)):
         path = train.path(i)
         pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
-        assert torch.equal(imagefolder.decode_image(path), pixels), path.name
+        assert torch.equal(streaming.decode_image(path), pixels), path.name
         image, label = train[i]
         assert image.shape == (3, SIZE, SIZE) and label == 0
 
@@ -344,9 +343,9 @@ def test_start_at_resumes_mid_epoch_without_loading_skipped_batches(folder, monk
     loader.set_epoch(2)
     full = _epoch(loader)
     decoded = []
-    original = imagefolder.decode_image
+    original = streaming.decode_image
     monkeypatch.setattr(
-        imagefolder, "decode_image", lambda path: decoded.append(path) or original(path)
+        streaming, "decode_image", lambda path: decoded.append(path) or original(path)
     )
     resumed = TrainLoader(splits.train, 4, seed=1, return_indices=True)
     resumed.set_epoch(2)

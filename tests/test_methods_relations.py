@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ndkd import ClassMeans, ModelOutput
-from ndkd.config import load_config
+from ndkd import ModelOutput
+from ndkd.config import TermConfig, load_config
 from ndkd.losses.crd import crd_nce_loss, crd_normalizer
-from ndkd.losses.lshfm import lsh_codes, lshfm_loss
+from ndkd.losses.lshfm import hash_offsets, lsh_codes, lshfm_loss
 from ndkd.losses.pkt import pkt_loss
 from ndkd.losses.rkd import rkd_loss
-from ndkd.methods import BuildContext, StepOutputs, build_term, term_parameters
+from ndkd.methods import BuildContext, Distiller, StepOutputs, build_term, term_parameters
 from ndkd.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,24 +278,23 @@ def lshfm_context(s_dim=6, t_dim=8, batch=10):
     teacher_model = create_model("resnet8", 10)
     student = ModelOutput(torch.randn(batch, 10), torch.randn(batch, s_dim))
     teacher = ModelOutput(torch.randn(batch, 10), torch.rand(batch, t_dim))
-    means = ClassMeans(torch.rand(10, t_dim), torch.arange(1, 11))
+    features = torch.rand(23, t_dim)
     return BuildContext(
         10,
         student,
         teacher,
         teacher=teacher_model,
-        teacher_class_means=lambda select: means,
-    ), means
+        teacher_features=lambda select: features,
+    ), features
 
 
 def test_lshfm_term_hyperplanes_bias_projector_and_teacher_mask():
-    context, means = lshfm_context()
+    context, features = lshfm_context()
     term = build_term("lshfm", context, {"bias": "mean"})
     classifier_std = float(context.teacher.get_classifier().weight.detach().std())
     assert term.hash_weight.shape == (32 * 8, 8)  # N = 32 D by default
     assert float(term.hash_weight.std()) == pytest.approx(classifier_std, rel=0.1)
-    mean = (means.counts[:, None] * means.means).sum(0) / means.counts.sum()
-    torch.testing.assert_close(term.hash_bias, -(term.hash_weight @ mean))
+    torch.testing.assert_close(term.hash_bias, -(term.hash_weight @ features.mean(0)))
     assert isinstance(term.projector, torch.nn.Linear) and term.projector.in_features == 6
     assert {"hash_weight", "hash_bias", "projector.weight"} <= set(term.state_dict())
 
@@ -313,8 +312,52 @@ def test_lshfm_term_hyperplanes_bias_projector_and_teacher_mask():
     torch.testing.assert_close(term(outputs), expected)
     zero = build_term("lshfm", context, {"hash_functions": 16, "hash_std": 0.5})
     assert zero.hash_weight.shape == (16, 8) and torch.equal(zero.hash_bias, torch.zeros(16))
-    with pytest.raises(ValueError, match="bias must be 'zero' or 'mean'"):
-        build_term("lshfm", context, {"bias": "median"})
+    with pytest.raises(ValueError, match="bias must be one of"):
+        build_term("lshfm", context, {"bias": "mode"})
+
+
+def test_median_hash_bias_against_a_per_sample_reference():
+    torch.manual_seed(0)
+    for count in (7, 8):  # odd and even sample counts: torch's (lower) median
+        features, weight = torch.randn(count, 5), torch.randn(13, 5)
+        reference = []
+        for n in range(13):
+            values = sorted(float(weight[n] @ features[i]) for i in range(count))
+            reference.append(-values[(count - 1) // 2])
+        got = hash_offsets(features, weight, "median", chunk_elements=count * 3)  # 5 chunks
+        torch.testing.assert_close(got, torch.tensor(reference), rtol=1e-6, atol=1e-6)
+        codes = lsh_codes(features, weight, got)  # each bit splits the samples evenly
+        above = count - 1 - (count - 1) // 2  # the median sample itself sits at 0 +- rounding
+        assert set(codes.sum(0).tolist()) <= {above, above + 1}
+    mean = hash_offsets(features, weight, "mean")
+    torch.testing.assert_close(mean, -(weight.double() @ features.double().mean(0)).float())
+
+
+def test_lsh_and_lshl2_terms_default_to_the_multi_label_settings():
+    context, features = lshfm_context(s_dim=8, t_dim=8)
+    context.multi_label = True
+    lsh = build_term("lsh", context, {"hash_functions": 32})
+    lshl2 = build_term("lshl2", context, {"hash_functions": 32})
+    assert not lsh.with_l2 and lshl2.with_l2
+    assert not lsh.teacher_correct_only and not lshl2.teacher_correct_only
+    median = -(features.double() @ lsh.hash_weight.double().T).median(0).values
+    torch.testing.assert_close(lsh.hash_bias, median.float())
+    targets = torch.randint(0, 2, (10, 10)).float()  # multi-hot labels are never read
+    outputs = StepOutputs(context.student_probe, context.teacher_probe, targets)
+    expected = lshfm_loss(
+        context.student_probe.embedding,
+        context.teacher_probe.embedding,
+        lshl2.hash_weight,
+        lshl2.hash_bias,
+    )
+    torch.testing.assert_close(lshl2(outputs), expected)
+    with pytest.raises(ValueError, match="'lshfm' reads one class label per image"):
+        Distiller([TermConfig("lshfm", 1.0)], context)
+    no_pass = BuildContext(
+        10, context.student_probe, context.teacher_probe, teacher=context.teacher
+    )
+    with pytest.raises(ValueError, match="lsh: bias 'median' needs a teacher pass"):
+        build_term("lsh", no_pass, {})
 
 
 # ------------------------------------------------------------------------------ training

@@ -17,10 +17,12 @@ from ndkd.config import load_config
 from ndkd.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(  # on CIFAR-format data; tests/test_imagenet_recipes.py has the image folders
+OTHER_FAMILIES = {"imagenet", "multilabel"}  # tests/test_{imagenet,multilabel}_recipes.py
+RECIPES = sorted(  # on CIFAR-format data
     p
     for p in (ROOT / "configs").rglob("*.yaml")
-    if not p.name.startswith("_") and "imagenet" not in p.relative_to(ROOT / "configs").parts
+    if not p.name.startswith("_")
+    and not OTHER_FAMILIES & set(p.relative_to(ROOT / "configs").parts)
 )
 PAIRS = {  # teacher -> student: (KD++ kd weight, nd weight), from the paper's public code
     "resnet56_resnet20": (1.0, 2.0),

@@ -84,7 +84,7 @@ def _is_main_process() -> bool:
 
 def _train(args: argparse.Namespace) -> int:
     from ndkd import experiment
-    from ndkd.console import ProgressPrinter
+    from ndkd.console import ProgressPrinter, evaluation_summary
     from ndkd.engine.stop_signals import RunInterrupted
 
     config = _config(args)
@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
         return 128 + stop.signum
     if _is_main_process() and history:
         last = history[-1]
-        print(f"done: {config.output_dir}  last epoch test top-1 {last.get('test_top1', 0):.2f}%")
+        print(f"done: {config.output_dir}  last epoch {evaluation_summary(last)}")
     return 0
 
 
@@ -151,6 +151,7 @@ def _centers(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from ndkd import experiment
+    from ndkd.console import evaluation_summary
 
     # `checkpoint=PATH` among the overrides is the same as --checkpoint PATH
     picked = [o for o in args.overrides if o.startswith("checkpoint=")]
@@ -158,17 +159,30 @@ def _eval(args: argparse.Namespace) -> int:
     checkpoint = picked[-1].partition("=")[2] if picked else args.checkpoint
     result = experiment.evaluate(_config(args), checkpoint)
     if _is_main_process():
-        print(f"test top-1 {result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%")
+        print(evaluation_summary(result))
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from ndkd.console import ProgressPrinter
-    from ndkd.demo import QUICK, DemoSettings, results_table, run_demo, write_report
+_DEMO_SUFFIX = {"classification": "", "multilabel": "-multilabel"}
 
+
+def _demo(args: argparse.Namespace) -> int:
+    from ndkd import demo
+    from ndkd.console import ProgressPrinter
+
+    if args.task == "multilabel":
+        defaults = demo.QUICK_MULTILABEL if args.quick else demo.MultiLabelDemoSettings()
+        run, write, table = (
+            demo.run_multilabel_demo,
+            demo.write_multilabel_report,
+            demo.multilabel_table,
+        )
+    else:
+        defaults = demo.QUICK if args.quick else demo.DemoSettings()
+        run, write, table = demo.run_demo, demo.write_report, demo.results_table
     settings = dataclasses.replace(
-        QUICK if args.quick else DemoSettings(),
-        output=_output_folder(args.output, "--output"),
+        defaults,
+        output=_output_folder(args.output or f"ndkd-demo{_DEMO_SUFFIX[args.task]}", "--output"),
         device=args.device,
     )
     if args.seeds is not None:
@@ -176,15 +190,15 @@ def _demo(args: argparse.Namespace) -> int:
             raise ValueError(f"--seeds must be at least 1, found {args.seeds}")
         settings = dataclasses.replace(settings, seeds=tuple(range(args.seeds)))
     printer = ProgressPrinter()
-    result = run_demo(
+    result = run(
         settings,
         phase=lambda text: print(text, flush=True),
         progress=printer,
         step_progress=printer.bar,
     )
-    paths = write_report(result)
+    paths = write(result)
     print()
-    print(results_table(result))
+    print(table(result))
     print(f"\ndone in {result.wall_time_s:.0f} s; wrote {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -322,9 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="teacher, class means, CE/KD/KD++ students over seeds on bundled digit pairs "
-        "(no downloads; a few minutes on a CPU); writes a table, results.json and plots",
+        "(--task multilabel: BCE / L2 / LSHL2 students on digit canvases); no downloads, a "
+        "few minutes on a CPU; writes a table, results.json and plots",
     )
-    demo.add_argument("--output", default="ndkd-demo", help="folder to write (default: ndkd-demo)")
+    demo.add_argument(
+        "--task",
+        choices=sorted(_DEMO_SUFFIX),
+        default="classification",
+        help="classification (ND: CE/KD/KD++) or multilabel (LSHFM: BCE/L2/LSHL2)",
+    )
+    demo.add_argument("--output", help="folder to write (default: ndkd-demo, ndkd-demo-multilabel)")
     demo.add_argument("--seeds", type=int, help="number of seeds (default: 3)")
     demo.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, ...")
     demo.add_argument(

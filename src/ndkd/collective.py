@@ -30,3 +30,23 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     if is_distributed():
         for buffer in module.buffers():
             dist.broadcast(buffer, src)
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """The rows of ``tensor`` ``[n_r, ...]`` from every process, concatenated in rank order
+    ``[sum_r n_r, ...]`` (the row counts may differ; identity without a process group).
+
+    Two collectives: the row counts (one host sync), then the rows padded to the largest.
+    """
+    if not is_distributed():
+        return tensor
+    world = dist.get_world_size()
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = torch.cat(counts).tolist()
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])

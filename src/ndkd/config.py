@@ -120,7 +120,9 @@ class ModelConfig:
     (``list_models("imagenet")``), ``torchvision:NAME`` (any torchvision classifier) or
     ``timm:NAME`` (any timm model); empty for no model."""
     checkpoint: str | None = None
-    """Weights to load (public ``{"model": state_dict}`` layout or a bare state dict)."""
+    """Weights to load (public ``{"model": state_dict}`` layout, a bare state dict, or a run's
+    ``last.pt``/``best.pt``); ``{seed}`` in it is replaced by the seed (e.g. a second stage
+    starting from the first stage's run of the same seed)."""
     pretrained: bool = False
     """``torchvision:``/``timm:`` models: start from that library's ImageNet weights
     (downloaded by it: needs internet on first use)."""
@@ -270,7 +272,11 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
     """Build and validate a :class:`RunConfig` from plain data."""
     config = _build(RunConfig, raw, "")
     _validate(config)
-    config.output_dir = config.output_dir.replace("{seed}", str(config.seed))
+    seed = str(config.seed)
+    config.output_dir = config.output_dir.replace("{seed}", seed)
+    for model in (config.student, config.teacher):
+        if model.checkpoint:
+            model.checkpoint = model.checkpoint.replace("{seed}", seed)
     return config
 
 

@@ -52,16 +52,14 @@ def epoch_summary(record: dict[str, Any], epochs: int | None = None) -> str:
     train = _number(record, "train_top1")
     if train is not None:
         parts.append(f"train {train:.2f}%")
-    top1, top5 = _number(record, "test_top1"), _number(record, "test_top5")
-    test = []
-    if top1 is not None:
-        test.append(f"{top1:.2f}%")
-    if top5 is not None:
-        test.append(f"top-5 {top5:.2f}%")
+    precision, recall = _number(record, "train_precision"), _number(record, "train_recall")
+    if precision is not None and recall is not None:
+        parts.append(f"train P {precision:.1f}% R {recall:.1f}%")
+    test = evaluation_summary(record)
     if test:
-        parts.append("test " + " ".join(test))
+        parts.append(test)
     for key in record:
-        if key.startswith("test_") and key not in ("test_top1", "test_top5", "test_samples"):
+        if key.startswith("test_") and key not in _SHOWN_TEST_KEYS and not _detail(key):
             value = _number(record, key)
             if value is not None:
                 parts.append(f"{key[5:]} {value:.4g}")
@@ -73,6 +71,29 @@ def epoch_summary(record: dict[str, Any], epochs: int | None = None) -> str:
         if shown:
             parts.append(" ".join(shown))
     return "  ".join(parts)
+
+
+_SHOWN_TEST_KEYS = ("test_top1", "test_top5", "test_map", "test_samples")
+
+
+def _detail(key: str) -> bool:
+    """Per-class values (``test_ap/<class>``) and the secondary mAP definitions stay in
+    ``metrics.jsonl``, off the epoch line."""
+    return "/" in key or key.startswith("test_map_")
+
+
+def evaluation_summary(record: dict[str, Any]) -> str:
+    """``test top-1 71.20% top-5 90.10%`` (classification) or ``test mAP 90.14%``
+    (multi-label), or an empty string when the record holds neither."""
+    test = []
+    for key, form in (
+        ("test_top1", "top-1 {:.2f}%"),
+        ("test_top5", "top-5 {:.2f}%"),
+        ("test_map", "mAP {:.2f}%"),
+    ):
+        if (value := _number(record, key)) is not None:
+            test.append(form.format(value))
+    return "test " + " ".join(test) if test else ""
 
 
 def _label(event: Progress) -> str:

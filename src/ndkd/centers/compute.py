@@ -28,6 +28,7 @@ def class_means(
     autocast_dtype: torch.dtype | None = None,
     progress: ProgressFn | None = None,
     feature: Callable[[ModelOutput], torch.Tensor] | None = None,
+    membership: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> ClassMeans:
     """Per-class mean of the teacher's embedding over ``loader`` (the paper's ``c_k``).
 
@@ -51,6 +52,9 @@ def class_means(
             total=total_batches)`` (``total`` is ``None`` for a loader without a length).
         feature: which feature to average, from the model's output (default: its
             ``embedding``); e.g. a pooled intermediate stage. Must be ``[B, D]``.
+        membership: for multi-label targets, maps a batch's ``[B, C]`` targets to 0/1
+            class membership; a sample then counts once for each of its classes (sums
+            ``M^T @ features``). Default: one class index per sample.
 
     Raises:
         ValueError: a label outside ``[0, C)``, a class with no samples, non-finite or
@@ -71,9 +75,9 @@ def class_means(
         with torch.inference_mode():
             for step, batch in enumerate(loader, start=1):
                 images, labels = batch[0], batch[1]
-                check_labels(labels, labels.shape[0], num_classes)
+                _check_targets(labels, num_classes, membership is not None)
                 images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True).long()
+                labels = labels.to(device, non_blocking=True)
                 with torch.autocast(
                     device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
                 ):
@@ -81,8 +85,13 @@ def class_means(
                     emb = output.embedding if feature is None else feature(output)
                 if sums is None:
                     sums = torch.zeros(num_classes, emb.shape[1], dtype=acc_dtype, device=device)
-                sums.index_add_(0, labels, emb.to(acc_dtype))
-                counts.index_add_(0, labels, torch.ones_like(labels))
+                if membership is None:
+                    sums.index_add_(0, labels.long(), emb.to(acc_dtype))
+                    counts.index_add_(0, labels.long(), torch.ones_like(labels, dtype=torch.long))
+                else:
+                    members = membership(labels).to(acc_dtype)
+                    sums += members.T @ emb.to(acc_dtype)
+                    counts += members.sum(dim=0).round().long()
                 if progress is not None:
                     progress(Progress(phase="centers", done=step, total=total))
     finally:
@@ -107,6 +116,15 @@ def class_means(
         info["num_samples"],
     )
     return result
+
+
+def _check_targets(labels: torch.Tensor, num_classes: int, multi_label: bool) -> None:
+    if not multi_label:
+        check_labels(labels, labels.shape[0], num_classes)
+    elif labels.dim() != 2 or labels.shape[1] != num_classes:
+        raise ValueError(
+            f"multi-label targets must be [batch, {num_classes}], found {tuple(labels.shape)}"
+        )
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -1,5 +1,5 @@
-"""Datasets (CIFAR-10/100 pickle folders, image folders, scikit-learn digits), fast batched
-augmentation and loaders."""
+"""Datasets (CIFAR-10/100 pickle folders, image folders, scikit-learn digits, the
+multi-label VOC2007, COCO2014 and digit canvases), fast batched augmentation and loaders."""
 
 from ndkd.data.augment import (
     CIFAR10_MEAN,
@@ -15,18 +15,17 @@ from ndkd.data.augment import (
 )
 from ndkd.data.catalog import dataset_names
 from ndkd.data.cifar import read_cifar
+from ndkd.data.coco import read_coco2014
 from ndkd.data.datasets import ImageTensorDataset, build_dataset
+from ndkd.data.digit_canvas import read_digit_canvas
 from ndkd.data.digit_pairs import read_digit_pairs
 from ndkd.data.digits import read_digits
-from ndkd.data.imagefolder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageFolderDataset,
-    ImageFolderSplits,
-    read_image_folders,
-)
+from ndkd.data.imagefolder import ImageFolderDataset, ImageFolderSplits, read_image_folders
 from ndkd.data.loader import InMemoryLoader
+from ndkd.data.multilabel import MultiLabelDataset, MultiLabelSplits, SquareTransform
 from ndkd.data.sources import Splits, load_splits
+from ndkd.data.streaming import IMAGENET_MEAN, IMAGENET_STD, StreamingDataset
+from ndkd.data.voc import VOC_CLASSES, read_voc2007
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -41,7 +40,12 @@ __all__ = [
     "ImageFolderDataset",
     "ImageFolderSplits",
     "InMemoryLoader",
+    "MultiLabelDataset",
+    "MultiLabelSplits",
     "Splits",
+    "SquareTransform",
+    "StreamingDataset",
+    "VOC_CLASSES",
     "build_dataset",
     "cifar_transform",
     "dataset_names",
@@ -50,7 +54,10 @@ __all__ = [
     "load_splits",
     "normalize",
     "read_cifar",
+    "read_coco2014",
+    "read_digit_canvas",
     "read_digit_pairs",
     "read_digits",
     "read_image_folders",
+    "read_voc2007",
 ]

@@ -10,17 +10,21 @@ from torch.utils.data import Dataset
 from ndkd.data.augment import BatchTransform
 from ndkd.data.catalog import dataset_names
 from ndkd.data.cifar import SPECS, read_cifar
+from ndkd.data.digit_canvas import NUM_CLASSES as CANVAS_CLASSES
+from ndkd.data.digit_canvas import read_digit_canvas
 from ndkd.data.digit_pairs import NUM_CLASSES as PAIRS_CLASSES
 from ndkd.data.digit_pairs import read_digit_pairs
 from ndkd.data.digits import NUM_CLASSES as DIGITS_CLASSES
 from ndkd.data.digits import read_digits
 
 
-class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
-    """A whole dataset held as one image tensor ``[N, C, H, W]`` and one label tensor ``[N]``.
+class ImageTensorDataset(Dataset[tuple[torch.Tensor, int | torch.Tensor]]):
+    """A whole dataset held as one image tensor ``[N, C, H, W]`` and one label tensor: class
+    indices ``[N]`` or multi-label targets ``[N, num_classes]``.
 
     ``dataset[i]`` is ``(image, label)``: the ``[C, H, W]`` image (through ``transform`` if
-    one is set) and the label as an ``int``, so it works with ``torch.utils.data.DataLoader``.
+    one is set) and the label as an ``int`` (a class index) or a ``[num_classes]`` tensor (a
+    target), so it works with ``torch.utils.data.DataLoader``.
     :class:`ndkd.data.InMemoryLoader` applies the same ``transform`` to whole batches instead.
     """
 
@@ -31,10 +35,10 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
         num_classes: int,
         transform: BatchTransform | None = None,
     ):
-        if images.dim() != 4 or labels.shape != (len(images),):
+        if images.dim() != 4 or labels.shape not in ((len(images),), (len(images), num_classes)):
             raise ValueError(
-                f"expected images [N, C, H, W] and labels [N], got {list(images.shape)} and "
-                f"{list(labels.shape)}"
+                "expected images [N, C, H, W] and labels [N] or [N, num_classes], got "
+                f"{list(images.shape)} and {list(labels.shape)} (num_classes={num_classes})"
             )
         self.images = images
         self.labels = labels
@@ -44,11 +48,16 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         image = self.images[index]
         if self.transform is not None:
             image = self.transform(image)
-        return image, int(self.labels[index])
+        label = self.labels[index]
+        return image, int(label) if label.dim() == 0 else label
+
+    def with_transform(self, transform: BatchTransform | None) -> ImageTensorDataset:
+        """The same images and labels (shared memory) under ``transform``."""
+        return ImageTensorDataset(self.images, self.labels, self.num_classes, transform)
 
 
 def build_dataset(
@@ -62,7 +71,9 @@ def build_dataset(
     CIFAR images are ``uint8`` ``[3, 32, 32]`` read from the standard python-pickle files
     under ``root`` (see :mod:`ndkd.data.cifar`); digits are ``float32`` ``[1, 8, 8]`` from
     scikit-learn, digit pairs ``float32`` ``[1, 8, 16]`` made from them
-    (:mod:`ndkd.data.digit_pairs`); ``root`` is ignored for both.
+    (:mod:`ndkd.data.digit_pairs`), digit canvases ``float32`` ``[1, 16, 16]`` with ``int8``
+    multi-hot targets ``[N, 10]`` (:mod:`ndkd.data.digit_canvas`); ``root`` is ignored for
+    these.
 
     Raises:
         ValueError: unknown ``name`` or ``split``, missing ``root`` for CIFAR, or bad files.
@@ -74,6 +85,9 @@ def build_dataset(
     if name == "digit_pairs":
         images, labels = read_digit_pairs(split)
         return ImageTensorDataset(images, labels, PAIRS_CLASSES, transform)
+    if name == "digit_canvas":
+        images, targets = read_digit_canvas(split)
+        return ImageTensorDataset(images, targets, CANVAS_CLASSES, transform)
     if name not in SPECS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
     if root is None:

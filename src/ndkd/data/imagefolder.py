@@ -2,7 +2,9 @@
 
 Reading: the file list is built with ``os.scandir`` (no per-file ``stat``) and kept in NumPy
 arrays (one byte buffer of names, offsets and labels), so worker processes share it without
-copy-on-write growth. Classes are the sorted folder names, the same for both splits.
+copy-on-write growth. Classes are the sorted folder names, the same for both splits. The
+datasets stream from disk through :mod:`ndkd.data.streaming` (decoding, per-sample seeding,
+the loaders).
 
 Transforms (the public ImageNet recipe, on the torchvision tensor backend): training is
 RandomResizedCrop(image_size, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip;
@@ -23,29 +25,20 @@ PIL (two copies of an ``image_size``-square ``uint8`` image, small beside decodi
 without it the tensor path is untouched.
 
 Determinism: the crop and flip of sample ``i`` in epoch ``e`` come from a NumPy generator
-seeded with ``(seed, e, i)``, so they depend on nothing else (worker count, the worker a
-sample lands on, where a run resumed). The loaders pass the epoch with each index
-(:class:`~ndkd.data.sampling.EpochShardSampler`), which lets the training workers persist.
-Copy ``c > 0`` of a sample under repeated augmentation is seeded with ``(seed, e, i, c)``.
-timm's augmentations draw from Python's, NumPy's and torch's global generators: around
-them these are seeded from the same per-sample generator (after the crop's draws) and
-restored afterwards, so the samples stay deterministic and the caller's global random
-state is left as it was.
-
-Unreadable or corrupt images are refused: loading one raises ``ValueError`` naming the file
-(silently replacing samples would change the data a run reports on).
+seeded with ``(seed, e, i)`` (see :mod:`ndkd.data.streaming`). timm's augmentations draw
+from Python's, NumPy's and torch's global generators: around them these are seeded from
+the same per-sample generator (after the crop's draws) and restored afterwards, so the
+samples stay deterministic and the caller's global random state is left as it was.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import operator
 import os
 import random
 import re
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -55,17 +48,20 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
-from ndkd.data.sampling import EpochShardSampler, check_shard
+from ndkd.data.streaming import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NameBuffer,
+    StreamingDataset,
+    normalize_image,
+)
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"})
 """File extensions read as images (compared lower-cased)."""
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_TRAIN_SAMPLES, IMAGENET_VAL_SAMPLES = 1_281_167, 50_000
 _WNID = re.compile(r"n\d{8}")
 _SPLITS = ("train", "val")
@@ -84,22 +80,19 @@ _TIMM_MISSING = (
 
 @dataclass(frozen=True)
 class _FileList:
-    """The images of one split: names in one ``uint8`` buffer, ``[start, end)`` offsets and
-    labels in NumPy arrays (no per-file Python objects)."""
+    """The images of one split: file names (one buffer) and labels in NumPy arrays (no
+    per-file Python objects)."""
 
     folder: str
     classes: tuple[str, ...]
-    names: np.ndarray
-    starts: np.ndarray
-    ends: np.ndarray
+    names: NameBuffer
     labels: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def path(self, index: int) -> str:
-        name = os.fsdecode(self.names[self.starts[index] : self.ends[index]].tobytes())
-        return os.path.join(self.folder, self.classes[self.labels[index]], name)
+        return os.path.join(self.folder, self.classes[self.labels[index]], self.names[index])
 
 
 def _shown(names: list[str]) -> str:
@@ -147,56 +140,13 @@ def _list_split(split: Path, classes: list[str]) -> _FileList:
     if ignored:
         logger.info("%s: ignored %d entries that are not image files", split, ignored)
     counts = np.array([len(images) for images in per_class], dtype=np.int64)
-    joined = os.fsencode("\0".join("\0".join(images) for images in per_class))
-    buffer = np.frombuffer(joined, dtype=np.uint8)
-    separators = np.flatnonzero(buffer == 0)
-    starts = np.concatenate([[0], separators + 1]).astype(np.int64)
-    ends = np.concatenate([separators, [len(buffer)]]).astype(np.int64)
+    names = NameBuffer.of([name for images in per_class for name in images])
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), counts)
-    return _FileList(str(split), tuple(classes), buffer, starts, ends, labels)
+    return _FileList(str(split), tuple(classes), names, labels)
 
 
 # ---------------------------------------------------------------------------------------
-# Decoding and transforms
-
-
-def _jpeg_decoder() -> Any:
-    try:  # deprecated since torchvision 0.29 (TorchCodec takes over); Pillow is the fallback
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:
-        return None
-    return lambda data: decode_jpeg(data, mode=ImageReadMode.RGB)
-
-
-_DECODE_JPEG = _jpeg_decoder()
-_JPEG_SUFFIXES = (".jpg", ".jpeg")
-
-
-def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Decode ``path`` into an RGB ``uint8`` tensor ``[3, H, W]`` (a channels-last view, as
-    ``v2.PILToTensor`` gives). ``.jpg``/``.jpeg`` files go to ``torchvision.io.decode_jpeg``
-    (libjpeg-turbo, the same pixels as Pillow, faster); other formats, and files it
-    rejects (e.g. a PNG named ``.JPEG``), to Pillow.
-
-    Raises:
-        ValueError: the file cannot be read or decoded (names the file).
-    """
-    path = os.fspath(path)
-    with warnings.catch_warnings():  # torchvision's deprecation notice; read-only buffers
-        warnings.simplefilter("ignore")
-        if _DECODE_JPEG is not None and path.lower().endswith(_JPEG_SUFFIXES):
-            try:
-                with open(path, "rb") as file:
-                    return _DECODE_JPEG(torch.frombuffer(file.read(), dtype=torch.uint8))
-            except (OSError, RuntimeError, ValueError):
-                pass  # Pillow decides (and names the file if it cannot read it either)
-        try:
-            with Image.open(path) as opened:
-                rgb = opened if opened.mode == "RGB" else opened.convert("RGB")
-                pixels = np.asarray(rgb)
-        except Exception as error:  # Pillow raises many types for broken files
-            raise ValueError(f"cannot read image {path}: {error}") from error
-        return torch.from_numpy(pixels).permute(2, 0, 1)  # never written: transforms copy
+# Transforms
 
 
 def random_resized_crop_box(
@@ -368,33 +318,20 @@ class ImageTransform:
         return self._normalize(image)
 
     def _normalize(self, image: torch.Tensor) -> torch.Tensor:
-        # v2.ToDtype(float32, scale=True) + v2.Normalize, the same operations in order.
-        size = self.image_size
-        out = torch.empty((3, size, size), dtype=torch.float32).copy_(image)
-        return out.mul_(1.0 / 255).sub_(self._mean).div_(self._std)
+        return normalize_image(image, self._mean, self._std)
 
 
 # ---------------------------------------------------------------------------------------
 # Datasets
 
 
-class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
-    """One split of an image folder: ``dataset[key]`` is ``(image [3, S, S] float32, label)``.
-
-    ``key`` is an index, ``(index, epoch)`` or ``(index, epoch, copy)`` (what the loaders
-    pass; ``copy``: the repeated-augmentation copy, default 0). With the training transform
-    the augmentation of ``(index, epoch)`` is seeded by ``(seed, epoch, index)`` only, that
-    of copy ``c > 0`` by ``(seed, epoch, index, c)``; a bare index uses the epoch of
-    :meth:`set_epoch`.
-    """
+class ImageFolderDataset(StreamingDataset):
+    """One split of an image folder: ``dataset[key]`` is ``(image [3, S, S] float32, label)``
+    (``key`` and the per-sample seeding: :class:`~ndkd.data.streaming.StreamingDataset`)."""
 
     def __init__(self, files: _FileList, transform: ImageTransform, seed: int = 0):
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+        super().__init__(transform, seed)
         self.files = files
-        self.transform = transform
-        self.seed = seed
-        self.epoch = 0
 
     @property
     def classes(self) -> list[str]:
@@ -412,41 +349,11 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.files)
 
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch used by bare-index access (the loaders pass it with each index)."""
-        self.epoch = epoch
+    def _file(self, index: int) -> str:
+        return self.files.path(index)
 
-    def path(self, index: int) -> Path:
-        """The image file of sample ``index``."""
-        return Path(self.files.path(self._check(index)))
-
-    def with_transform(self, transform: ImageTransform) -> ImageFolderDataset:
-        """The same images (shared listing) under ``transform``."""
-        return ImageFolderDataset(self.files, transform, self.seed)
-
-    def with_seed(self, seed: int) -> ImageFolderDataset:
-        """The same images and transform with augmentation seed ``seed``."""
-        return ImageFolderDataset(self.files, self.transform, seed)
-
-    def _check(self, index: int) -> int:
-        index = operator.index(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        return index
-
-    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int]:
-        index, epoch, copy = (*key, 0)[:3] if isinstance(key, tuple) else (key, self.epoch, 0)
-        index = self._check(index)
-        if copy < 0:
-            raise ValueError(f"copy must be non-negative, got {copy}")
-        image = decode_image(self.files.path(index))
-        rng = None
-        if self.transform.train:
-            entropy = [self.seed, epoch, index] + ([copy] if copy else [])
-            rng = np.random.default_rng(entropy)
-        return self.transform(image, rng), int(self.files.labels[index])
+    def _target(self, index: int) -> int:
+        return int(self.files.labels[index])
 
 
 @dataclass
@@ -575,159 +482,4 @@ def read_image_folders(
         train_classes,
         ImageFolderDataset(train_files, train),
         ImageFolderDataset(val_files, evaluation),
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# Loaders
-
-
-class _WithIndices(Dataset[tuple[torch.Tensor, int, int]]):
-    """``dataset[key] + (index,)``."""
-
-    def __init__(self, dataset: ImageFolderDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
-        index = key[0] if isinstance(key, tuple) else key
-        return (*self.dataset[key], index)
-
-
-def _data_loader(
-    dataset: ImageFolderDataset,
-    batch_size: int,
-    sampler: Any,
-    *,
-    num_workers: int,
-    drop_last: bool,
-    return_indices: bool,
-    pin_memory: bool | None,
-    persistent: bool,
-) -> DataLoader:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    workers = num_workers > 0
-    return DataLoader(
-        _WithIndices(dataset) if return_indices else dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=persistent and workers,
-        prefetch_factor=2 if workers else None,
-        # Its own generator: iterating never draws from the global RNG.
-        generator=torch.Generator(),
-    )
-
-
-class TrainLoader:
-    """Shuffled, rank-sharded, resumable training batches of an :class:`ImageFolderDataset`.
-
-    Yields ``(images [B, 3, S, S] float32, labels [B] int64)``, plus ``dataset_indices [B]``
-    with ``return_indices``. The order of epoch ``e`` is ``DistributedSampler``'s (seed
-    ``seed + e``, padded by wrap-around, ``rank::world_size``); the augmentation of a sample
-    depends only on ``(seed, e, index)``. Workers persist across epochs: the epoch is sent
-    with every index.
-
-    ``repeated_augmentations=K > 1``: repeated augmentation (DeiT, timm's
-    ``RepeatAugSampler`` with ``selected_round=0``): each sample of the epoch order ``K``
-    times, the copies spread over the ranks and augmented differently (copy ``c`` seeded by
-    ``(seed, e, index, c)``); still ``ceil(N / world_size)`` samples per rank and epoch, so
-    about ``N / K`` distinct samples an epoch. ``0`` or ``1``: off.
-    """
-
-    def __init__(
-        self,
-        dataset: ImageFolderDataset,
-        batch_size: int,
-        *,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 0,
-        drop_last: bool = False,
-        return_indices: bool = False,
-        pin_memory: bool | None = None,
-        repeated_augmentations: int = 0,
-    ):
-        if repeated_augmentations < 0:
-            raise ValueError(
-                f"repeated_augmentations must be non-negative, got {repeated_augmentations}"
-            )
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self.sampler = EpochShardSampler(
-            len(dataset),
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            repeats=max(1, repeated_augmentations),
-        )
-        self.loader = _data_loader(
-            dataset.with_seed(seed),
-            batch_size,
-            self.sampler,
-            num_workers=num_workers,
-            drop_last=drop_last,
-            return_indices=return_indices,
-            pin_memory=pin_memory,
-            persistent=True,
-        )
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order and augmentation of ``epoch`` for the next iteration."""
-        self.sampler.set_epoch(epoch)
-
-    def start_at(self, step: int) -> None:
-        """Make the next iteration skip its first ``step`` batches without loading them (to
-        resume mid-epoch); later iterations start at batch 0."""
-        if not 0 <= step <= len(self):
-            raise ValueError(f"step must be in [0, {len(self)}], got {step}")
-        self.sampler.skip(step * self.batch_size)
-
-    def __len__(self) -> int:
-        """Batches per epoch for this rank."""
-        samples = self.sampler.num_samples
-        if self.drop_last:
-            return samples // self.batch_size
-        return math.ceil(samples / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        return iter(self.loader)
-
-
-def eval_loader(
-    dataset: ImageFolderDataset,
-    batch_size: int,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    return_indices: bool = False,
-    pin_memory: bool | None = None,
-) -> DataLoader:
-    """Batches ``(images, labels)`` (``+ dataset_indices`` with ``return_indices``) of this
-    rank's share of ``dataset``, in dataset order: indices ``rank::world_size``, no padding,
-    so over all ranks every sample is seen exactly once (a rank may get one batch fewer
-    or none). Workers do not persist."""
-    check_shard(rank, world_size)
-    return _data_loader(
-        dataset,
-        batch_size,
-        range(rank, len(dataset), world_size),
-        num_workers=num_workers,
-        drop_last=False,
-        return_indices=return_indices,
-        pin_memory=pin_memory,
-        persistent=False,
     )

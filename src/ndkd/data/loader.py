@@ -26,7 +26,8 @@ from ndkd.data.sampling import check_shard, epoch_order, shard_indices
 
 
 class InMemoryLoader:
-    """Iterate ``(images, labels)`` batches of ``dataset``, transformed by ``dataset.transform``.
+    """Iterate ``(images, labels)`` batches of ``dataset``, transformed by ``dataset.transform``
+    (``labels``: ``[B]`` class indices or ``[B, C]`` multi-label targets, as the dataset has).
 
     Args:
         dataset: the in-memory dataset; its ``transform`` (if any) is applied to each batch.

@@ -3,10 +3,13 @@ the loaders over a process's share of them.
 
 Every data set named in :mod:`ndkd.data.catalog` is read here. The in-memory sets (CIFAR,
 the bundled digit sets) come back as :class:`ImageTensorDataset` with their batched
-transform (the CIFAR fast path, :class:`InMemoryLoader`); image folders stream from disk
-(:mod:`ndkd.data.imagefolder`, ``DataLoader`` workers). Both loaders shuffle epoch ``e`` with
-seed ``seed + e`` as ``DistributedSampler`` does, augment a sample as a function of
-``(seed, e, index)`` only, and can start an epoch at any batch (a mid-epoch resume).
+transform (the CIFAR fast path, :class:`InMemoryLoader`); image folders and the multi-label
+sets VOC2007 and COCO2014 stream from disk (:mod:`ndkd.data.streaming`, ``DataLoader``
+workers). Both loaders shuffle epoch ``e`` with seed ``seed + e`` as ``DistributedSampler``
+does, augment a sample as a function of ``(seed, e, index)`` only, and can start an epoch at
+any batch (a mid-epoch resume). Multi-label sets (``voc2007``, ``coco2014``,
+``digit_canvas``) come as :class:`~ndkd.data.multilabel.MultiLabelSplits` with ``[N, C]``
+targets.
 """
 
 from __future__ import annotations
@@ -22,15 +25,14 @@ import torch
 from ndkd.data.augment import cifar_transform
 from ndkd.data.catalog import CATALOG, is_bundled
 from ndkd.data.cifar import SPECS, standard_size
+from ndkd.data.coco import read_coco2014
 from ndkd.data.datasets import ImageTensorDataset, build_dataset
-from ndkd.data.imagefolder import (
-    ImageFolderDataset,
-    ImageFolderSplits,
-    TrainLoader,
-    eval_loader,
-    read_image_folders,
-)
+from ndkd.data.digit_canvas import CLASSES as CANVAS_CLASSES
+from ndkd.data.imagefolder import ImageFolderSplits, read_image_folders
 from ndkd.data.loader import InMemoryLoader
+from ndkd.data.multilabel import MultiLabelSplits
+from ndkd.data.streaming import StreamingDataset, TrainLoader, eval_loader
+from ndkd.data.voc import read_voc2007
 
 
 @dataclass
@@ -72,10 +74,7 @@ class Splits:
 
     def train_without_augmentation(self) -> ImageTensorDataset:
         """The training images with the evaluation transform."""
-        train = self.train
-        return ImageTensorDataset(
-            train.images, train.labels, train.num_classes, self.test.transform
-        )
+        return self.train.with_transform(self.test.transform)
 
 
 def load_splits(
@@ -86,16 +85,19 @@ def load_splits(
     *,
     rand_augment: str = "",
     random_erasing: float = 0.0,
-) -> Splits | ImageFolderSplits:
+) -> Splits | ImageFolderSplits | MultiLabelSplits:
     """Read data set ``name`` (a :data:`~ndkd.data.catalog.CATALOG` key) from ``root``
     (``image_size``, ``eval_resize``, ``rand_augment``, ``random_erasing``: the image-folder
-    transforms).
+    transforms; ``image_size`` also the square side of VOC2007 and COCO2014).
 
     Raises:
         ValueError: unknown ``name``. FileNotFoundError: ``root`` is not a folder.
     """
     if name not in CATALOG:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(CATALOG)}")
+    if name == "digit_canvas":
+        train, test = (build_dataset(name, None, split) for split in ("train", "test"))
+        return MultiLabelSplits(CANVAS_CLASSES, train, test, "plain", in_channels=1)
     if is_bundled(name):
         return Splits(build_dataset(name, None, "train"), build_dataset(name, None, "test"))
     folder = Path(root) if root is not None else None
@@ -112,13 +114,17 @@ def load_splits(
             rand_augment=rand_augment,
             random_erasing=random_erasing,
         )
+    if name == "voc2007":
+        return read_voc2007(folder, image_size)
+    if name == "coco2014":
+        return read_coco2014(folder, image_size)
     return Splits(
         build_dataset(name, folder, "train", cifar_transform(name, train=True)),
         build_dataset(name, folder, "test", cifar_transform(name, train=False)),
     )
 
 
-Dataset = ImageTensorDataset | ImageFolderDataset
+Dataset = ImageTensorDataset | StreamingDataset
 
 
 def training_loader(
@@ -137,7 +143,7 @@ def training_loader(
     (``resident``: keep an in-memory set on that device; ``num_workers``: decoding
     processes of a streaming set; ``repeated_augmentations``: a streaming set's repeated
     augmentation count)."""
-    if isinstance(dataset, ImageFolderDataset):
+    if isinstance(dataset, StreamingDataset):
         return TrainLoader(
             dataset,
             batch_size,
@@ -172,7 +178,7 @@ def evaluation_loader(
 ) -> Iterable:
     """This process's share of ``dataset`` in order, every sample exactly once over all
     processes (no padding). An augmented split is augmented as in epoch 0 of ``seed``."""
-    if isinstance(dataset, ImageFolderDataset):
+    if isinstance(dataset, StreamingDataset):
         return eval_loader(
             dataset.with_seed(seed),
             batch_size,
@@ -191,7 +197,7 @@ def evaluation_loader(
 def probe_images(dataset: Dataset, count: int, device: torch.device) -> torch.Tensor:
     """The first ``count`` training images, transformed as training sees them (for sizing a
     method's modules from a forward pass)."""
-    if isinstance(dataset, ImageFolderDataset):
+    if isinstance(dataset, StreamingDataset):
         return torch.stack([dataset[i][0] for i in range(count)]).to(device)
     images = dataset.images[:count].to(device)
     return dataset.transform(images) if dataset.transform is not None else images

@@ -1,14 +1,29 @@
-"""``ndkd demo``: the whole pipeline on bundled real data (scikit-learn's digits), on a CPU."""
+"""``ndkd demo``: the whole pipeline on bundled real data (scikit-learn's digits), on a CPU:
+ND (``pipeline``) for single-label classification, LSHFM (``multilabel``) for multi-label."""
 
+from ndkd.demo.multilabel import (
+    QUICK_MULTILABEL,
+    MultiLabelDemoSettings,
+    MultiLabelResult,
+    multilabel_table,
+    run_multilabel_demo,
+    write_multilabel_report,
+)
 from ndkd.demo.pipeline import METHODS, QUICK, DemoResult, DemoSettings, run_demo
 from ndkd.demo.report import results_table, write_report
 
 __all__ = [
     "METHODS",
     "QUICK",
+    "QUICK_MULTILABEL",
     "DemoResult",
     "DemoSettings",
+    "MultiLabelDemoSettings",
+    "MultiLabelResult",
+    "multilabel_table",
     "results_table",
     "run_demo",
+    "run_multilabel_demo",
+    "write_multilabel_report",
     "write_report",
 ]

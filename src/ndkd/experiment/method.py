@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ndkd.centers import ClassMeans
+from ndkd.collective import all_gather_rows
 from ndkd.config import RunConfig
 from ndkd.engine.distributed import DistInfo
 from ndkd.experiment.data import RunData, centers_loader
@@ -49,6 +50,14 @@ def build_method(
         loader = centers_loader(config, data.splits, dist, device)
         return task.class_means(teacher, loader, data.num_classes, device, feature=select)
 
+    @torch.no_grad()
+    def teacher_features(select: FeatureSelector) -> torch.Tensor:
+        rows = [select(teacher_probe)[:0].float()]  # a process may hold no sample
+        for raw in centers_loader(config, data.splits, dist, device):
+            batch = task.to_device(raw, device, None)
+            rows.append(select(task.forward(teacher, batch)).float())
+        return all_gather_rows(torch.cat(rows)).cpu()
+
     centers = load_centers(config, data.num_classes)
     context = BuildContext(
         data.num_classes,
@@ -61,6 +70,8 @@ def build_method(
         teacher_class_means=teacher_class_means if teacher is not None else None,
         probe_images=images,
         centers_path=config.centers.path,
+        multi_label=labels.dim() == 2,
+        teacher_features=teacher_features if teacher is not None else None,
     )
     method = Distiller(config.terms, context).to(device)
     if method.requires_teacher and teacher is None:

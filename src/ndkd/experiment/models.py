@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,12 +18,28 @@ def build_model(
     """Model ``spec.arch`` with the weights of ``spec.checkpoint`` (if any), on ``device``.
 
     ``role`` (``"student"``/``"teacher"``) names the config section in error messages.
+
+    Raises:
+        ValueError: an option of ``timm:`` models (``drop_path``, ``grad_checkpointing``) or
+            of ``torchvision:`` models (``pool``, ``embedding_dim``) for another source, or a
+            checkpoint that does not fit.
+        FileNotFoundError: ``spec.checkpoint`` does not exist.
     """
-    timm_only = {"drop_path": spec.drop_path, "grad_checkpointing": spec.grad_checkpointing}
-    for key, value in timm_only.items():
-        if value and not spec.arch.startswith("timm:"):
-            raise ValueError(f"{role}.{key}: an option of timm: models, not of {spec.arch!r}")
-    options = {"drop_path_rate": spec.drop_path} if spec.drop_path else {}
+    source_only = {
+        "timm:": {"drop_path": spec.drop_path, "grad_checkpointing": spec.grad_checkpointing},
+        "torchvision:": {"pool": spec.pool, "embedding_dim": spec.embedding_dim},
+    }
+    for source, values in source_only.items():
+        for key, value in values.items():
+            if value and not spec.arch.startswith(source):
+                raise ValueError(
+                    f"{role}.{key}: an option of {source} models, not of {spec.arch!r}"
+                )
+    options: dict[str, Any] = {"drop_path_rate": spec.drop_path} if spec.drop_path else {}
+    if spec.pool:
+        options["pool"] = spec.pool
+    if spec.embedding_dim:
+        options["embedding_dim"] = spec.embedding_dim
     model = create_model(
         spec.arch, num_classes, in_channels=in_channels, pretrained=spec.pretrained, **options
     )
@@ -50,3 +67,30 @@ def build_teacher(
         return None
     teacher = build_model(spec, "teacher", num_classes, in_channels, device)
     return teacher.eval().requires_grad_(False)
+
+
+def restrict_trainable(student: nn.Module, trainable: str) -> None:
+    """Freeze the parameters of ``student`` (the unwrapped model) that ``train.trainable``
+    leaves out: ``"all"`` changes nothing; ``"embedding_projection"`` freezes all but the
+    projection of ``student.embedding_dim`` (LSHFM's first stage). Modes are not touched, so
+    batch-norm statistics still update in training mode.
+
+    Raises:
+        ValueError: an unknown ``trainable``, or ``"embedding_projection"`` for a student
+            without a projection.
+    """
+    if trainable == "all":
+        return
+    if trainable != "embedding_projection":
+        raise ValueError(
+            f"train.trainable: unknown value {trainable!r}; expected all or embedding_projection"
+        )
+    finder = getattr(student, "embedding_projection", None)
+    projection = finder() if callable(finder) else None
+    if projection is None:
+        raise ValueError(
+            "train.trainable=embedding_projection: the student has no embedding projection "
+            "(set student.embedding_dim on a torchvision: student)"
+        )
+    student.requires_grad_(False)
+    projection.requires_grad_(True)

@@ -19,7 +19,7 @@ from ndkd.engine.tensorboard import TensorBoardSink
 from ndkd.experiment.data import RunData, build_data, centers_loader, train_loader_of
 from ndkd.experiment.device import resolve_device
 from ndkd.experiment.method import build_method
-from ndkd.experiment.models import build_model, build_teacher
+from ndkd.experiment.models import build_model, build_teacher, restrict_trainable
 from ndkd.experiment.run_folder import OpenRun, RunPlan, plan_run
 from ndkd.methods import Distiller
 from ndkd.models import CheckpointMismatchError, load_checkpoint
@@ -35,6 +35,17 @@ def batch_mixer(config: RunConfig, num_classes: int) -> BatchMixer | None:
     if not (data.mixup or data.cutmix):
         return None
     return BatchMixer(num_classes, data.mixup, data.cutmix, data.mixup_prob, data.mixup_switch_prob)
+
+
+def run_task(config: RunConfig, splits: Any, training: bool = True) -> Task:
+    """The task of ``config.task`` for ``splits`` (``training``: with the batch mixing of
+    the config; evaluation never mixes)."""
+    if config.task == "multilabel":
+        return build_task(
+            "multilabel", classes=list(splits.classes), ap_definition=splits.ap_definition
+        )
+    mixer = batch_mixer(config, splits.num_classes) if training else None
+    return build_task(config.task, mixer=mixer)
 
 
 @dataclass
@@ -64,8 +75,9 @@ def build(config: RunConfig, *, join_process_group: bool = True) -> Experiment:
     """Build and check everything a training run of ``config`` needs (the ``--dry-run``)."""
     dist, device = _setup(config, join_process_group)
     data = build_data(config, dist, device)
-    task = build_task(config.task, mixer=batch_mixer(config, data.num_classes))
+    task = run_task(config, data.splits)
     student = build_model(config.student, "student", data.num_classes, data.in_channels, device)
+    restrict_trainable(student, config.train.trainable)
     teacher = build_teacher(config.teacher, data.num_classes, data.in_channels, device)
     method = build_method(config, task, data, student, teacher, device, dist)
     if method.requires_indices:
@@ -136,8 +148,8 @@ def compute_centers(config: RunConfig, progress: ProgressFn | None = None) -> Pa
         raise ValueError("teacher.arch and teacher.checkpoint are required to compute class means")
     check_output_path(config.centers.path)
     dist, device = _setup(config, join_process_group=True)
-    task = build_task(config.task)
     data = build_data(config, dist, device)
+    task = run_task(config, data.splits, training=False)
     teacher = build_teacher(config.teacher, data.num_classes, data.in_channels, device)
     means = task.class_means(
         teacher,
@@ -166,7 +178,7 @@ def trained_student(
     run's data, device and task: no teacher, no class means, no method."""
     dist, device = _setup(config, join_process_group)
     data = build_data(config, dist, device)
-    task = build_task(config.task)  # evaluation only: no batch mixing
+    task = run_task(config, data.splits, training=False)
     student = build_model(config.student, "student", data.num_classes, data.in_channels, device)
     path = Path(checkpoint) if checkpoint else Path(config.output_dir) / LAST
     try:

@@ -62,6 +62,33 @@ def lshfm_loss(
     return (w * per_sample).sum() / w.sum().clamp_min(1e-12)
 
 
+def hash_offsets(
+    features: torch.Tensor, weight: torch.Tensor, statistic: str, chunk_elements: int = 2**26
+) -> torch.Tensor:
+    """Hyperplane biases ``b_n = -stat_i(w_n . f_i)`` ``[N]`` that centre each hash on the
+    data: minus the ``"median"`` (the lower one for an even count, as ``torch.median``; the
+    authors' default) or the ``"mean"`` projection of the features ``[M, D]`` on each of the
+    N hyperplanes ``weight`` ``[N, D]``, so each bit splits the samples about evenly.
+    Computed in float64, ``chunk_elements`` projections at a time (bounded memory)."""
+    check_matrix("features", features)
+    check_matrix("weight", weight)
+    if statistic not in ("mean", "median"):
+        raise ValueError(f"statistic must be 'mean' or 'median', found {statistic!r}")
+    if features.shape[0] == 0 or weight.shape[1] != features.shape[1]:
+        raise ValueError(
+            f"expected features [M >= 1, {weight.shape[1]}], found {tuple(features.shape)}"
+        )
+    x = features.detach().double()
+    if statistic == "mean":
+        return -(weight.double() @ x.mean(dim=0)).to(weight.dtype)
+    step = max(1, chunk_elements // x.shape[0])
+    parts = [
+        (x @ weight[n : n + step].double().T).median(dim=0).values
+        for n in range(0, weight.shape[0], step)
+    ]
+    return -torch.cat(parts).to(weight.dtype)
+
+
 def _projections(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``features @ weight.T + bias`` in the features' (promoted) precision."""
     check_matrix("features", features)

@@ -62,7 +62,11 @@ class BuildContext:
     (one teacher pass), for terms that need means of a layer other than the embedding.
     ``probe_images`` is the (transformed) batch the probes were computed on.
     ``centers`` are the class means of the file ``centers_path`` (``None`` when no such file
-    exists: only the terms that read them refuse to build then).
+    exists: only the terms that read them refuse to build then). ``multi_label``: the
+    labels are multi-hot ``[B, C]`` sets (the multilabel task), not class indices.
+    ``teacher_features(select)`` returns ``select(output)`` of the teacher for every
+    training sample (one pass, with ``centers.transform``'s augmentation, gathered over
+    processes, rows in no particular order) as a float32 CPU tensor ``[N, D]``.
     """
 
     num_classes: int
@@ -75,6 +79,8 @@ class BuildContext:
     teacher_class_means: Callable[[FeatureSelector], ClassMeans] | None = None
     probe_images: torch.Tensor | None = None
     centers_path: str | None = None
+    multi_label: bool = False
+    teacher_features: Callable[[FeatureSelector], torch.Tensor] | None = None
 
 
 class Term(nn.Module):
@@ -83,12 +89,14 @@ class Term(nn.Module):
     Subclasses declare their parameters as keyword arguments of ``__init__`` after the
     :class:`BuildContext`; the registry rejects any other key. ``requires_teacher`` and
     ``requires_centers`` tell the builder what must be loaded; ``requires_indices`` asks
-    the loader for dataset indices.
+    the loader for dataset indices. ``reads_class_labels``: the term reads ``labels`` as one
+    class index per sample, so it refuses to build for multi-label targets.
     """
 
     requires_teacher: bool = False
     requires_centers: bool = False
     requires_indices: bool = False
+    reads_class_labels: bool = False
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
         raise NotImplementedError

@@ -22,6 +22,7 @@ class _CenterDirectionTerm(Term):
     differs from the means' dim); subclasses apply their loss to the projected embedding."""
 
     requires_centers = True
+    reads_class_labels = True
 
     def __init__(
         self, context: BuildContext, name: str, reduction: str, projector_dropout: float

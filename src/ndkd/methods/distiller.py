@@ -22,6 +22,12 @@ class Distiller(nn.Module):
         self.terms = nn.ModuleDict(
             {term.name: build_term(term.name, context, term.params) for term in terms}
         )
+        for name, term in self.terms.items():
+            if context.multi_label and term.reads_class_labels:
+                raise ValueError(
+                    f"loss term {name!r} reads one class label per image, but the multilabel "
+                    "task gives a set of labels per image (its own loss is the bce term)"
+                )
         self.weights = {term.name: term.weight for term in terms}
         self.warmups = {term.name: term.warmup_epochs for term in terms}
 

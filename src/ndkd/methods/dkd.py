@@ -22,6 +22,7 @@ class DKDTerm(Term):
     CIFAR-100 setting). No trainable modules."""
 
     requires_teacher = True
+    reads_class_labels = True
 
     def __init__(
         self,

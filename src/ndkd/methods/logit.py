@@ -1,4 +1,5 @@
-"""Logit terms: cross-entropy with the labels, and KD (Hinton et al., 2015)."""
+"""Logit terms: cross-entropy with the labels (binary per class for multi-label targets),
+KD (Hinton et al., 2015) and DeiT's hard distillation."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class CrossEntropyTerm(Term):
     """Cross-entropy of the student logits with the labels, or with the mixing weights of
     mixed images as soft targets (in fp32)."""
 
+    reads_class_labels = True
+
     def __init__(self, context: BuildContext, label_smoothing: float = 0.0) -> None:
         super().__init__()
         check_fraction("ce: label_smoothing", label_smoothing)
@@ -30,6 +33,25 @@ class CrossEntropyTerm(Term):
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
         return F.cross_entropy(
             outputs.student.logits.float(), outputs.targets, label_smoothing=self.label_smoothing
+        )
+
+
+@register("bce")
+class BinaryCrossEntropyTerm(Term):
+    """Multi-label classification loss: binary cross-entropy of each of the student's C
+    logits with the image's multi-hot targets, mean over the ``B x C`` entries (PyTorch's
+    ``BCEWithLogitsLoss``, the class criterion of LSHFM's multi-label code), in fp32."""
+
+    def __init__(self, context: BuildContext) -> None:
+        super().__init__()
+        if not context.multi_label:
+            raise ValueError(
+                "bce: needs multi-hot targets (task: multilabel); single-label runs use ce"
+            )
+
+    def forward(self, outputs: StepOutputs) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(
+            outputs.student.logits.float(), outputs.labels.float()
         )
 
 

@@ -77,6 +77,7 @@ class NDTerm(Term):
 
     requires_teacher = True
     requires_centers = True
+    reads_class_labels = True
 
     def __init__(
         self,

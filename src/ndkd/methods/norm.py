@@ -16,6 +16,7 @@ from ndkd.projector import EmbeddingProjector, dim_projector
 from ndkd.snapshot import ModelSnapshot
 
 L2_REDUCTIONS = ("batch", "class")
+L2_DIMS = ("sum", "mean")
 
 
 @register("l2")
@@ -26,16 +27,24 @@ class L2Term(Term):
     When the dims differ, the student embedding passes through the paper's projector (BN ->
     Dropout -> Linear to the teacher's dim, as the ND term; trained with the student, saved in
     checkpoints). ``reduction``: ``"batch"`` (default) or ``"class"`` (Eq. 3 as written).
+    ``dims``: ``"sum"`` over the feature dims (Eq. 3) or their ``"mean"`` (the mean squared
+    error of LSHFM's code, whose ``l2`` loss is this term with ``dims: mean``).
     """
 
     requires_teacher = True
 
     def __init__(
-        self, context: BuildContext, reduction: str = "batch", projector_dropout: float = 0.5
+        self,
+        context: BuildContext,
+        reduction: str = "batch",
+        projector_dropout: float = 0.5,
+        dims: str = "sum",
     ) -> None:
         super().__init__()
         if reduction not in L2_REDUCTIONS:
             raise ValueError(f"l2: reduction must be one of {L2_REDUCTIONS}, found {reduction!r}")
+        if dims not in L2_DIMS:
+            raise ValueError(f"l2: dims must be one of {L2_DIMS}, found {dims!r}")
         if context.teacher_probe is None:
             raise ValueError("l2: compares with the teacher's embedding; set teacher.arch")
         self.projector = dim_projector(
@@ -44,11 +53,15 @@ class L2Term(Term):
             partial(EmbeddingProjector, dropout=projector_dropout),
         )
         self.reduction = reduction
+        self.reads_class_labels = reduction == "class"
+        self.dims = dims
 
     def forward(self, outputs: StepOutputs) -> torch.Tensor:
         teacher = need_teacher("l2", outputs)
         student = self.projector(outputs.student.embedding)
-        return l2_feature_loss(student, teacher.embedding, outputs.labels, self.reduction)
+        labels = outputs.labels if self.reads_class_labels else None
+        loss = l2_feature_loss(student, teacher.embedding, labels, self.reduction)
+        return loss / student.shape[1] if self.dims == "mean" else loss
 
 
 class _ResumableSnapshot(ModelSnapshot):

@@ -72,7 +72,10 @@ def create_model(
     :mod:`ndkd.models.torchvision_models`) or ``"timm:NAME"`` (any timm model with a final
     ``nn.Linear``, see :mod:`ndkd.models.timm_models`); those keep their library's state-dict
     keys. ``options`` go to the torchvision/timm builder
-    (e.g. ``img_size=32`` for a timm ViT); zoo models take none.
+    (e.g. ``img_size=32`` for a timm ViT); zoo models take none. ``torchvision:`` models also
+    take ``pool`` (``"avg"``, ``"max"``, ``"avgmax"``: the global pooling before the
+    classifier) and ``embedding_dim`` (N > 0: a ``Linear(D, N)`` projection before the
+    classifier, whose output is the embedding), see :mod:`ndkd.models.torchvision_models`.
 
     ``in_channels`` other than 3 (e.g. 1 for the gray digits) replaces the stem convolution,
     the first ``Conv2d``, by one with that many input channels (same name, Kaiming-normal

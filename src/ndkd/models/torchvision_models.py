@@ -28,6 +28,24 @@ parameters keep torchvision's names. Rules, all structural (no per-architecture 
   output tensor (what OFD's margin search looks for). Other stages (ReLU6 or linear block
   ends, e.g. MobileNetV2) give the stage map itself as pre-activation.
 
+Two options change the head, both structurally, on the weights already loaded:
+
+- ``pool`` (``"avg"``, ``"max"``, ``"avgmax"``: the mean of both, LSHFM's GWP) replaces the
+  model's last adaptive pooling before the embedding, which must be global (output 1x1), with
+  that pooling to the same output size: a pooling module (ResNet's ``avgpool``) becomes a
+  :class:`GlobalPool2d`, a functional call (MobileNetV2's ``F.adaptive_avg_pool2d``) calls
+  :func:`global_pool`. A model without such a pooling (VGG pools to 7x7 before an MLP head,
+  ShuffleNetV2 takes a mean) is refused: it keeps its own head.
+- ``embedding_dim`` N > 0 replaces the final ``nn.Linear(D, C)`` by a
+  :class:`ProjectedClassifier` (``projection``: ``Linear(D, N)``, LSHFM's ``feat_fc``;
+  ``classifier``: ``Linear(N, C)``; PyTorch's default init for both, the init of the
+  authors' ResNet, where their MobileNetV2 draws N(0, 0.01) with zero biases), under the
+  final layer's name (ResNet: ``fc.projection``, ``fc.classifier``). The embedding is then
+  the projection's output, the logits come from ``classifier``, and
+  :meth:`TorchvisionModel.embedding_projection` returns the projection. What ran between the
+  pooling and the final layer stays before the projection (MobileNetV2's dropout, which the
+  authors apply after ``feat_fc``).
+
 Training-only auxiliary heads (Inception-V3's, GoogLeNet's) are not run; under DDP build
 those models with ``aux_logits=False``. ``in_channels != 3`` replaces the first ``Conv2d``
 (Kaiming-normal init). Pretrained
@@ -58,13 +76,58 @@ log = logging.getLogger(__name__)
 
 PROBE_SIZE = 64
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_ADAPTIVE_POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
 _OPERATIONS = ("call_module", "call_function", "call_method")
 _RELU_FUNCTIONS = {torch.relu, torch.relu_, F.relu, F.relu_}
 _ADD_FUNCTIONS = {operator.add, torch.add}
+POOLS = ("", "avg", "max", "avgmax")
 
 Program = Callable[..., tuple[Any, ...]]
+PoolSize = int | tuple[int | None, ...] | None
+
+
+def global_pool(x: torch.Tensor, output_size: PoolSize, mode: str) -> torch.Tensor:
+    """Adaptive pooling of the NCHW map ``x`` to ``output_size``: ``mode`` ``"avg"``,
+    ``"max"``, or ``"avgmax"`` (the mean of both)."""
+    if mode == "avg":
+        return F.adaptive_avg_pool2d(x, output_size)
+    if mode == "max":
+        return F.adaptive_max_pool2d(x, output_size)
+    if mode == "avgmax":
+        return (F.adaptive_avg_pool2d(x, output_size) + F.adaptive_max_pool2d(x, output_size)) / 2
+    raise ValueError(f"unknown pooling {mode!r}; expected avg, max or avgmax")
+
+
+class GlobalPool2d(nn.Module):
+    """:func:`global_pool` as a module (what the ``pool`` option puts in place of a pooling
+    module)."""
+
+    def __init__(self, mode: str, output_size: PoolSize) -> None:
+        super().__init__()
+        self.mode = mode
+        self.output_size = output_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return global_pool(x, self.output_size, self.mode)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, output_size={self.output_size}"
+
+
+_ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, GlobalPool2d)
+_ADAPTIVE_POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, global_pool}
+
+
+class ProjectedClassifier(nn.Module):
+    """``classifier(projection(x))``: the head the ``embedding_dim`` option puts in place of
+    a model's final ``nn.Linear(in_features, num_classes)``."""
+
+    def __init__(self, in_features: int, embedding_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.projection = nn.Linear(in_features, embedding_dim)
+        self.classifier = nn.Linear(embedding_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.projection(x))
 
 
 class TorchvisionModel(SourceModel):
@@ -76,6 +139,12 @@ class TorchvisionModel(SourceModel):
         logits, embedding, stages, preacts = self._ndkd_programs[self.training](self, x)
         return ModelOutput(logits, embedding, list(stages), list(preacts))
 
+    def embedding_projection(self) -> nn.Linear | None:
+        """The ``Linear(D, embedding_dim)`` that gives the embedding when the model was built
+        with ``embedding_dim > 0`` (LSHFM's ``feat_fc``), else ``None``."""
+        head = self.get_submodule(self.classifier_name.rpartition(".")[0])
+        return head.projection if isinstance(head, ProjectedClassifier) else None
+
 
 def classifier_names() -> list[str]:
     """torchvision's classification model names."""
@@ -85,19 +154,34 @@ def classifier_names() -> list[str]:
 
 
 def create_torchvision_model(
-    arch: str, num_classes: int, in_channels: int, pretrained: bool, **options: Any
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    pretrained: bool,
+    *,
+    pool: str = "",
+    embedding_dim: int = 0,
+    **options: Any,
 ) -> TorchvisionModel:
     """``torchvision.models.get_model(arch, ...)`` under the ndkd output contract.
 
-    ``options`` go to torchvision's builder (e.g. ``dropout``, ``width_mult``).
+    ``pool`` (``""``: the model's own, ``"avg"``, ``"max"``, ``"avgmax"``) and
+    ``embedding_dim`` (0: none) change the head (module documentation); ``options`` go to
+    torchvision's builder (e.g. ``dropout``, ``width_mult``).
 
     Raises:
         ValueError: unknown name, a final layer that is not an ``nn.Linear``, a model that
-            ``torch.fx`` cannot trace, or pretrained weights that cannot be fetched.
+            ``torch.fx`` cannot trace, pretrained weights that cannot be fetched, an unknown
+            ``pool`` or one the model has no global adaptive pooling for, a negative
+            ``embedding_dim``.
     """
     import torchvision
 
     label = f"torchvision:{arch}"
+    if pool not in POOLS:
+        raise ValueError(f"{label}: unknown pool {pool!r}; expected one of {POOLS}")
+    if embedding_dim < 0:
+        raise ValueError(f"{label}: embedding_dim must be non-negative, got {embedding_dim}")
     if arch not in classifier_names():
         raise ValueError(
             f"unknown model {label!r}: not a torchvision classifier; list them with "
@@ -130,22 +214,40 @@ def create_torchvision_model(
     probe = torch.zeros(1, in_channels, probe_size, probe_size)  # shapes only
     was_training = model.training
     try:
-        return _adapt(model, num_classes, pretrained, probe, label)
+        return _adapt(model, num_classes, pretrained, probe, label, pool, embedding_dim)
     finally:
         model.train(was_training)
 
 
 def _adapt(
-    model: nn.Module, num_classes: int, pretrained: bool, probe: torch.Tensor, label: str
+    model: nn.Module,
+    num_classes: int,
+    pretrained: bool,
+    probe: torch.Tensor,
+    label: str,
+    pool: str,
+    embedding_dim: int,
 ) -> TorchvisionModel:
-    """Trace both modes, find classifier and stages, give ``model`` the contract."""
+    """Trace both modes, find the classifier, change the head as asked, find the stages,
+    give ``model`` the contract."""
     graphs = {mode: _trace(model, mode, label) for mode in (False, True)}
     eval_graph, eval_names = graphs[False]
-    logits, classifier = _logits_node(model, eval_graph, label)
+    _, classifier = _logits_node(model, eval_graph, label)
     name = classifier_name_of(model, classifier, label)
-    if pretrained and classifier.out_features != num_classes:
+    if pool:
+        for graph, names in graphs.values():
+            _set_pool(model, graph, names, pool, label)
+    if embedding_dim:
+        log.info("%s: %r becomes a %d-d projection and a classifier", label, name, embedding_dim)
+        head = ProjectedClassifier(classifier.in_features, embedding_dim, num_classes)
+        model.set_submodule(name, head)
+        for graph, _ in graphs.values():
+            _project_embedding(model, graph, name, label)
+        name = f"{name}.classifier"
+    elif pretrained and classifier.out_features != num_classes:
         log.info("%s: new %d-way classifier %r on the pretrained weights", label, num_classes, name)
         model.set_submodule(name, nn.Linear(classifier.in_features, num_classes))
+    logits, _ = _logits_node(model, eval_graph, label)
     stage_names, stage_info = _select_stages(model, eval_graph, eval_names, logits, probe)
     programs = tuple(_compile(*graphs[mode], stage_names, model, label) for mode in (False, True))
     adapted = adopt(model, TorchvisionModel, name, stage_info)
@@ -224,6 +326,59 @@ def _is_adaptive_pool(model: nn.Module, node: fx.Node) -> bool:
     if node.op == "call_module":
         return isinstance(model.get_submodule(node.target), _ADAPTIVE_POOLS)
     return node.op == "call_function" and node.target in _ADAPTIVE_POOL_FUNCTIONS
+
+
+def _pool_size(model: nn.Module, node: fx.Node) -> PoolSize:
+    """The output size of the adaptive pooling ``node``."""
+    if node.op == "call_module":
+        return model.get_submodule(node.target).output_size
+    return node.args[1] if len(node.args) > 1 else node.kwargs["output_size"]
+
+
+def _set_pool(
+    model: nn.Module, graph: fx.Graph, names: dict[fx.Node, str], pool: str, label: str
+) -> None:
+    """Make the last adaptive pooling before the embedding a global ``pool`` pooling of the
+    same output size (module documentation)."""
+    embedding = _logits_node(model, graph, label)[0].args[0]
+    found = None
+    for node in graph.nodes:
+        if node is embedding:
+            break
+        if _is_adaptive_pool(model, node):
+            found = node
+    if found is None:
+        raise ValueError(
+            f"{label}: pool={pool!r} replaces a global adaptive pooling (nn.AdaptiveAvgPool2d, "
+            "F.adaptive_avg_pool2d, ...) before the classifier, and this model has none; "
+            "leave pool empty to keep its own"
+        )
+    size = _pool_size(model, found)
+    if not all(side == 1 for side in (size if isinstance(size, (tuple, list)) else (size,))):
+        raise ValueError(
+            f"{label}: pool={pool!r} needs a global pooling before the classifier, but the "
+            f"model's last adaptive pooling ({names.get(found, found.name)}) pools to {size}, "
+            "not 1x1; this model keeps its own head (leave pool empty)"
+        )
+    if found.op == "call_module":
+        model.set_submodule(found.target, GlobalPool2d(pool, size))
+    else:
+        found.target = global_pool
+        found.args = (found.args[0], size, pool)
+        found.kwargs = {}
+
+
+def _project_embedding(model: nn.Module, graph: fx.Graph, name: str, label: str) -> None:
+    """Rewrite the call of the final layer ``name`` (now a :class:`ProjectedClassifier`) as
+    calls of its projection, then of its classifier."""
+    logits, _ = _logits_node(model, graph, label)
+    if logits.op != "call_module" or logits.target != name:
+        raise ValueError(f"{label}: the training-mode graph's logits do not come from {name!r}")
+    with graph.inserting_before(logits):
+        projected = graph.call_module(f"{name}.projection", logits.args, logits.kwargs)
+    logits.target = f"{name}.classifier"
+    logits.args = (projected,)
+    logits.kwargs = {}
 
 
 def _select_stages(

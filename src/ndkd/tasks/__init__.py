@@ -12,8 +12,12 @@ from typing import Any
 from ndkd.tasks.base import Task, TrainMeter
 from ndkd.tasks.classification import ClassificationTask
 from ndkd.tasks.mixing import BatchMixer
+from ndkd.tasks.multilabel import MultiLabelTask
 
-TASKS: dict[str, Callable[..., Task]] = {"classification": ClassificationTask}
+TASKS: dict[str, Callable[..., Task]] = {
+    "classification": ClassificationTask,
+    "multilabel": MultiLabelTask,
+}
 
 
 def build_task(name: str, **options: Any) -> Task:
@@ -23,4 +27,12 @@ def build_task(name: str, **options: Any) -> Task:
     return TASKS[name](**options)
 
 
-__all__ = ["TASKS", "BatchMixer", "ClassificationTask", "Task", "TrainMeter", "build_task"]
+__all__ = [
+    "TASKS",
+    "BatchMixer",
+    "ClassificationTask",
+    "MultiLabelTask",
+    "Task",
+    "TrainMeter",
+    "build_task",
+]

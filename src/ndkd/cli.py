@@ -171,7 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ndkd.console import ProgressPrinter
 
     if args.task == "multilabel":
-        defaults = demo.QUICK_MULTILABEL if args.quick else demo.MultiLabelDemoSettings()
+        defaults = demo.QUICK_MULTILABEL if args.quick else demo.MULTILABEL
         run, write, table = (
             demo.run_multilabel_demo,
             demo.write_multilabel_report,

@@ -2,8 +2,8 @@
 ND (``pipeline``) for single-label classification, LSHFM (``multilabel``) for multi-label."""
 
 from ndkd.demo.multilabel import (
+    MULTILABEL,
     QUICK_MULTILABEL,
-    MultiLabelDemoSettings,
     MultiLabelResult,
     multilabel_table,
     run_multilabel_demo,
@@ -14,11 +14,11 @@ from ndkd.demo.report import results_table, write_report
 
 __all__ = [
     "METHODS",
+    "MULTILABEL",
     "QUICK",
     "QUICK_MULTILABEL",
     "DemoResult",
     "DemoSettings",
-    "MultiLabelDemoSettings",
     "MultiLabelResult",
     "multilabel_table",
     "results_table",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from ndkd import experiment
 from ndkd.analysis.plots import Curve, plot_learning_curves
 from ndkd.analysis.summary import format_mean_std, mean_std
 from ndkd.analysis.tables import markdown_table
-from ndkd.config import RunConfig, from_dict
+from ndkd.config import RunConfig
+from ndkd.demo.pipeline import QUICK, DemoSettings, demo_config, fresh_runs_folder
 from ndkd.engine import LAST
 from ndkd.progress import ProgressFn
 
@@ -41,22 +42,10 @@ LABELS = {"baseline": "BCE", "l2": "BCE + L2", "lshl2": "BCE + LSHL2"}
 HEADERS = ("model", "runs", "mAP (%)", "CF1 (%)", "OF1 (%)")
 
 
-@dataclass(frozen=True)
-class MultiLabelDemoSettings:
-    """What the demo trains; the defaults take a few minutes on a 2-core CPU."""
-
-    output: Path = Path("ndkd-demo-multilabel")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    teacher: str = "resnet20"
-    student: str = "resnet8"
-    teacher_epochs: int = 15
-    student_epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    device: str = "auto"
-
-
-QUICK_MULTILABEL = MultiLabelDemoSettings(seeds=(0, 1), teacher_epochs=1, student_epochs=1)
+MULTILABEL = DemoSettings(output=Path("ndkd-demo-multilabel"))
+"""The demo's defaults (the single-label demo's models and schedule): a few minutes on a
+2-core CPU."""
+QUICK_MULTILABEL = replace(QUICK, output=MULTILABEL.output)
 """A short run of the whole pipeline (for tests; its numbers mean nothing)."""
 
 
@@ -64,14 +53,14 @@ QUICK_MULTILABEL = MultiLabelDemoSettings(seeds=(0, 1), teacher_epochs=1, studen
 class MultiLabelResult:
     """The teacher's and every student's metrics history (one ``metrics.jsonl`` per run)."""
 
-    settings: MultiLabelDemoSettings
+    settings: DemoSettings
     teacher: list[dict[str, Any]]
     students: dict[str, list[list[dict[str, Any]]]]
     wall_time_s: float
 
 
 def run_multilabel_demo(
-    settings: MultiLabelDemoSettings,
+    settings: DemoSettings,
     phase: Callable[[str], None] | None = None,
     progress: ProgressFn | None = None,
     step_progress: bool = False,
@@ -82,11 +71,7 @@ def run_multilabel_demo(
         experiment.RunFolderError: ``settings.output`` already holds demo runs.
     """
     start = time.perf_counter()
-    runs = settings.output / "runs"
-    if runs.exists() and any(runs.iterdir()):
-        raise experiment.RunFolderError(
-            f"{str(runs)!r} already holds demo runs; choose another --output or remove it"
-        )
+    runs = fresh_runs_folder(settings)
     announce = phase or (lambda text: None)
     steps = 1 + len(METHODS) * len(settings.seeds)
     announce(f"[1/{steps}] teacher {settings.teacher}: BCE, {settings.teacher_epochs} epochs")
@@ -108,32 +93,16 @@ def run_multilabel_demo(
 
 
 def _config(
-    settings: MultiLabelDemoSettings,
+    settings: DemoSettings,
     output_dir: Path,
     seed: int,
     arch: str,
     terms: list[dict[str, Any]],
     teacher: Path | None = None,
 ) -> RunConfig:
-    epochs = settings.student_epochs if teacher else settings.teacher_epochs
-    return from_dict(
-        {
-            "task": "multilabel",
-            "seed": seed,
-            "device": settings.device,
-            "output_dir": str(output_dir),
-            "data": {"name": DATASET},
-            "teacher": {"arch": settings.teacher, "checkpoint": str(teacher)} if teacher else {},
-            "student": {"arch": arch},
-            "train": {
-                "epochs": epochs,
-                "batch_size": settings.batch_size,
-                "lr": settings.lr,
-                "schedule": "cosine",
-                "milestones": [],
-            },
-            "terms": terms,
-        }
+    model = (settings.teacher, teacher) if teacher else None
+    return demo_config(
+        settings, output_dir, seed, arch, terms, model, dataset=DATASET, task="multilabel"
     )
 
 

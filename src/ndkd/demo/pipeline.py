@@ -93,15 +93,11 @@ def run_demo(
     """
     start = time.perf_counter()
     _check_embedding_dims(settings)
-    runs = settings.output / "runs"
-    if runs.exists() and any(runs.iterdir()):
-        raise experiment.RunFolderError(
-            f"{str(runs)!r} already holds demo runs; choose another --output or remove it"
-        )
+    runs = fresh_runs_folder(settings)
     announce = phase or (lambda text: None)
     steps = 2 + len(METHODS) * len(settings.seeds)
 
-    teacher_config = _config(settings, runs / "teacher", 0, settings.teacher, [CE])
+    teacher_config = demo_config(settings, runs / "teacher", 0, settings.teacher, [CE])
     announce(f"[1/{steps}] teacher {settings.teacher}: CE, {settings.teacher_epochs} epochs")
     history = experiment.train(teacher_config, progress=progress, step_progress=step_progress)
 
@@ -109,7 +105,7 @@ def run_demo(
     centers_path = runs / "teacher" / "centers.safetensors"
     announce(f"[2/{steps}] teacher class means over the training set")
     experiment.compute_centers(
-        _config(settings, runs / "teacher", 0, settings.teacher, [CE], teacher, centers_path),
+        demo_config(settings, runs / "teacher", 0, settings.teacher, [CE], teacher, centers_path),
         progress=progress,
     )
     centers = ClassMeans.load(centers_path)
@@ -121,7 +117,7 @@ def run_demo(
         for name, terms in METHODS.items():
             step += 1
             announce(f"[{step}/{steps}] student {settings.student} {LABELS[name]}, seed {seed}")
-            config = _config(
+            config = demo_config(
                 settings,
                 runs / name / f"seed{seed}",
                 seed,
@@ -135,7 +131,21 @@ def run_demo(
     return DemoResult(settings, teacher_result, students, time.perf_counter() - start)
 
 
-def _config(
+def fresh_runs_folder(settings: DemoSettings) -> Path:
+    """``settings.output / "runs"``, refused when it already holds runs.
+
+    Raises:
+        experiment.RunFolderError: it holds demo runs.
+    """
+    runs = settings.output / "runs"
+    if runs.exists() and any(runs.iterdir()):
+        raise experiment.RunFolderError(
+            f"{str(runs)!r} already holds demo runs; choose another --output or remove it"
+        )
+    return runs
+
+
+def demo_config(
     settings: DemoSettings,
     output_dir: Path,
     seed: int,
@@ -143,15 +153,19 @@ def _config(
     terms: list[dict[str, Any]],
     teacher: tuple[str, Path] | None = None,
     centers: Path | None = None,
+    *,
+    dataset: str = DATASET,
+    task: str = "classification",
 ) -> RunConfig:
-    """The run's config, validated like any user's (``ndkd.config.from_dict``)."""
+    """A demo run's config, validated like any user's (``ndkd.config.from_dict``)."""
     epochs = settings.student_epochs if teacher else settings.teacher_epochs
     return from_dict(
         {
+            "task": task,
             "seed": seed,
             "device": settings.device,
             "output_dir": str(output_dir),
-            "data": {"name": DATASET},
+            "data": {"name": dataset},
             "teacher": {"arch": teacher[0], "checkpoint": str(teacher[1])} if teacher else {},
             "student": {"arch": arch},
             "centers": {"path": str(centers)} if centers else {},

@@ -94,12 +94,11 @@ class LSHFMTerm(Term):
         )
 
 
-@register("lsh")
-class LSHTerm(LSHFMTerm):
-    """The LSH loss alone (the authors' multi-label ``lsh``): :class:`LSHFMTerm` with
-    ``with_l2`` off and, by default, the median bias over every sample."""
+class _MultiLabelVariant(LSHFMTerm):
+    """:class:`LSHFMTerm` with the L2 part fixed by the class (``with_l2_part``) and the
+    defaults of the authors' multi-label code: the median bias, every sample averaged."""
 
-    term_name = "lsh"
+    with_l2_part: bool
 
     def __init__(
         self,
@@ -109,25 +108,25 @@ class LSHTerm(LSHFMTerm):
         bias: Literal["zero", "mean", "median"] = "median",
         teacher_correct_only: bool = False,
     ) -> None:
-        super().__init__(context, hash_functions, hash_std, bias, False, teacher_correct_only)
+        super().__init__(
+            context, hash_functions, hash_std, bias, self.with_l2_part, teacher_correct_only
+        )
+
+
+@register("lsh")
+class LSHTerm(_MultiLabelVariant):
+    """The LSH loss alone (the authors' multi-label ``lsh``)."""
+
+    term_name = "lsh"
+    with_l2_part = False
 
 
 @register("lshl2")
-class LSHL2Term(LSHFMTerm):
-    """LSH + L2 (the authors' multi-label ``lshl2``): :class:`LSHFMTerm` with ``with_l2``
-    on and, by default, the median bias over every sample."""
+class LSHL2Term(_MultiLabelVariant):
+    """LSH + L2 (the authors' multi-label ``lshl2``)."""
 
     term_name = "lshl2"
-
-    def __init__(
-        self,
-        context: BuildContext,
-        hash_functions: int | None = None,
-        hash_std: float | None = None,
-        bias: Literal["zero", "mean", "median"] = "median",
-        teacher_correct_only: bool = False,
-    ) -> None:
-        super().__init__(context, hash_functions, hash_std, bias, True, teacher_correct_only)
+    with_l2_part = True
 
 
 def _classifier_std(name: str, context: BuildContext) -> float:

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 
 from helpers import STUDENT, TEACHER, write_kdpp_config
 from ndkd.analysis.recipes import group_runs, recipe_id, seedless_dir
-from ndkd.analysis.results import short_labels, summarize
-from ndkd.analysis.runs import find_run_dirs, read_run
+from ndkd.analysis.results import curves, group_metrics, short_labels, summarize
+from ndkd.analysis.runs import TASK_METRICS, find_run_dirs, read_run
 from ndkd.centers import ClassMeans
 from ndkd.cli import main
-from ndkd.config import RunConfig, dump_config, load_config
+from ndkd.config import RunConfig, dump_config, from_dict, load_config
 from ndkd.data import build_dataset
 from ndkd.models import create_model
+from ndkd.tasks import TASKS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
 EPOCHS = 4
@@ -33,6 +34,9 @@ KDPP_TOP1 = {
 KDPP_TOP5 = {0: [70.0, 85.0, 91.0, 91.5], 1: [71.0, 86.0, 90.0, 90.5], 2: [69.0, 84.0, 92.0, 92.25]}
 KD_TOP1 = {0: [38.0, 55.0, 68.0, 69.5], 1: [37.0, 56.5, 69.25, 69.0], 2: [36.0, 54.0]}
 KD_TOP5 = {0: [68.0, 82.0, 89.0, 89.5], 1: [67.0, 83.0, 89.5, 90.0], 2: [66.0, 81.0]}
+# test mAP / CF1 per epoch of a multi-label recipe, per seed (seed 0's best mAP is at epoch 3)
+BCE_MAP = {0: [20.0, 35.5, 48.0, 47.0], 1: [22.0, 36.0, 45.5, 49.25], 2: [21.0, 37.0, 46.0, 50.5]}
+BCE_CF1 = {0: [10.0, 30.0, 41.0, 42.5], 1: [12.0, 31.0, 40.0, 43.0], 2: [11.0, 29.5, 40.5, 44.75]}
 
 
 def _config(method: str, seed: int, runs: Path, *overrides: str) -> RunConfig:
@@ -47,27 +51,54 @@ def _config(method: str, seed: int, runs: Path, *overrides: str) -> RunConfig:
     )
 
 
+def _multilabel_config(seed: int, runs: Path) -> RunConfig:
+    return from_dict(
+        {
+            "seed": seed,
+            "task": "multilabel",
+            "data": {"name": "digit_canvas"},
+            "student": {"arch": "resnet8"},
+            "terms": [{"name": "bce"}],
+            "train": {"epochs": EPOCHS},
+            "output_dir": str(runs / "bce" / "resnet8" / f"seed{seed}"),
+        }
+    )
+
+
 def _write_run(
-    config: RunConfig, top1: list[float], top5: list[float], folder: Path | None = None
+    config: RunConfig, first: list[float], second: list[float], folder: Path | None = None
 ) -> Path:
-    """A run folder as `ndkd train` leaves it (without checkpoints), in ``output_dir``."""
+    """A run folder as `ndkd train` leaves it (without checkpoints), in ``output_dir``:
+    ``first``/``second`` are the test top-1/top-5, or mAP/CF1 for a multi-label run."""
     folder = Path(config.output_dir) if folder is None else folder
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(dump_config(config))
     lines = []
-    for epoch, (t1, t5) in enumerate(zip(top1, top5), start=1):
+    for epoch, (a, b) in enumerate(zip(first, second), start=1):
+        if config.task == "multilabel":
+            metrics = {
+                "train_precision": a + 5,
+                "train_recall": b + 3,
+                "test_map": a,
+                "test_map_plain": a,
+                "test_map_interpolated": a + 1,
+                "test_cp": b + 2,
+                "test_cr": b - 2,
+                "test_cf1": b,
+                "test_of1": b + 1,
+                "test_ap/0": a - 3,
+            }
+        else:
+            metrics = {"train_top1": a + 5, "train_top5": b + 3, "test_top1": a, "test_top5": b}
         record = {
             "epoch": epoch,
             "lr": 0.1,
             "loss": 3.0 / epoch + config.seed,
             "loss/ce": 2.0 / epoch,
-            "train_top1": t1 + 5,
-            "train_top5": t5 + 3,
             "student_emb_norm": 5.0 + epoch,
             "teacher_emb_norm": 9.0,
             "epoch_time_s": 1.5,
-            "test_top1": t1,
-            "test_top5": t5,
+            **metrics,
             "test_samples": 10000,
         }
         lines.append(json.dumps(record) + "\n")
@@ -84,6 +115,15 @@ def sweep(tmp_path) -> Path:
         moved = ("device=cuda", "data.root=/elsewhere", "data.num_workers=8") if seed == 2 else ()
         _write_run(_config("kd++", seed, runs, *moved), KDPP_TOP1[seed], KDPP_TOP5[seed])
         _write_run(_config("kd", seed, runs), KD_TOP1[seed], KD_TOP5[seed])
+    return runs
+
+
+@pytest.fixture
+def multilabel_sweep(tmp_path) -> Path:
+    """A multi-label recipe (BCE on digit_canvas), seeds 0-2, in ``tmp_path / "runs"``."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        _write_run(_multilabel_config(seed, runs), BCE_MAP[seed], BCE_CF1[seed])
     return runs
 
 
@@ -106,17 +146,23 @@ def test_grouping_and_mean_std(sweep):
 
     kdpp, kd, kd_incomplete = (summarize(g) for g in groups)
     mean, std = _mean_std([KDPP_TOP1[s][-1] for s in (0, 1, 2)])
-    assert kdpp.last_top1.mean == pytest.approx(mean) and kdpp.last_top1.std == pytest.approx(std)
+    assert kdpp.last_primary.mean == pytest.approx(mean) and kdpp.last_primary.std == pytest.approx(
+        std
+    )
     mean, std = _mean_std([KDPP_TOP5[s][-1] for s in (0, 1, 2)])
-    assert kdpp.last_top5.mean == pytest.approx(mean) and kdpp.last_top5.std == pytest.approx(std)
+    assert kdpp.last_secondary.mean == pytest.approx(
+        mean
+    ) and kdpp.last_secondary.std == pytest.approx(std)
     mean, std = _mean_std([max(KDPP_TOP1[s]) for s in (0, 1, 2)])
-    assert kdpp.best_top1.mean == pytest.approx(mean) and kdpp.best_top1.std == pytest.approx(std)
+    assert kdpp.best_primary.mean == pytest.approx(mean) and kdpp.best_primary.std == pytest.approx(
+        std
+    )
     assert kdpp.best_epochs == (3, 4, 4)
     mean, std = _mean_std([69.5, 69.0])
-    assert (kd.last_top1.mean, kd.last_top1.std) == (pytest.approx(mean), pytest.approx(std))
+    assert (kd.last_primary.mean, kd.last_primary.std) == (pytest.approx(mean), pytest.approx(std))
     assert kd.best_epochs == (4, 3)
     # the stopped run is alone: its own numbers, no std (one seed), never mixed in
-    assert (kd_incomplete.last_top1.mean, kd_incomplete.last_top1.std) == (54.0, None)
+    assert (kd_incomplete.last_primary.mean, kd_incomplete.last_primary.std) == (54.0, None)
 
 
 def test_recipe_identity_and_labels(tmp_path):
@@ -266,3 +312,81 @@ def test_features_of_a_trained_run(tmp_path, digits_teacher, capsys):
     for name in ("feature_norms.png", "learning_curves.png", "results.md", "results.csv"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "feature_norms.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_task_has_metrics_led_by_its_primary_metric():
+    assert set(TASK_METRICS) == set(TASKS)
+    for name, (primary, _) in TASK_METRICS.items():
+        assert primary.key == TASKS[name].primary_metric, name
+
+
+def test_multilabel_runs_are_summarized_by_map(multilabel_sweep, tmp_path):
+    (group,) = group_runs([read_run(d) for d in find_run_dirs([multilabel_sweep])])
+    result = summarize(group)
+    for value, expected in (
+        (result.last_primary, [BCE_MAP[s][-1] for s in (0, 1, 2)]),
+        (result.last_secondary, [BCE_CF1[s][-1] for s in (0, 1, 2)]),
+        (result.best_primary, [max(BCE_MAP[s]) for s in (0, 1, 2)]),
+    ):
+        mean, std = _mean_std(expected)
+        assert (value.mean, value.std) == (pytest.approx(mean), pytest.approx(std))
+    assert result.best_epochs == (3, 4, 4)
+
+    out = tmp_path / "report"
+    assert main(["analyze", str(multilabel_sweep), "-o", str(out)]) == 0
+    markdown = (out / "results.md").read_text()
+    assert "Test mAP and CF1 at the **last epoch**" in markdown
+    assert "| mAP (%) last epoch | CF1 (%) last epoch |" in markdown
+    assert "| mAP (%) at best epoch |" in markdown and "| mAP (%) best epoch |" in markdown
+    assert "top-1" not in markdown and "| bce×1 |" in markdown
+    with open(out / "results.csv") as handle:
+        (row,) = csv.DictReader(handle)
+    assert list(row)[10:] == [
+        "last_map_mean",
+        "last_map_std",
+        "last_cf1_mean",
+        "last_cf1_std",
+        "best_epoch_map_mean",
+        "best_epoch_map_std",
+        "best_epochs",
+    ]
+    assert float(row["last_cf1_mean"]) == pytest.approx(result.last_secondary.mean)
+    assert float(row["best_epoch_map_std"]) == pytest.approx(result.best_primary.std)
+    assert row["best_epochs"] == "3;4;4"
+    with open(out / "runs.csv") as handle:
+        per_run = list(csv.DictReader(handle))
+    assert [(float(r["best_epoch_map"]), r["best_epoch"]) for r in per_run] == [
+        (48.0, "3"),
+        (49.25, "4"),
+        (50.5, "4"),
+    ]
+
+
+def test_mixed_tasks_join_the_column_names(sweep, multilabel_sweep, tmp_path):
+    out = tmp_path / "report"
+    assert main(["analyze", str(sweep), "-o", str(out)]) == 0
+    markdown = (out / "results.md").read_text()
+    assert (
+        "Test top-1 and top-5 (`task: classification`) or mAP and CF1 (`task: multilabel`) "
+        "at the **last epoch**"
+    ) in markdown
+    assert "| top-1 / mAP (%) last epoch | top-5 / CF1 (%) last epoch |" in markdown
+    assert "| top-1 / mAP (%) at best epoch |" in markdown
+    mean, std = _mean_std([BCE_MAP[s][-1] for s in (0, 1, 2)])
+    assert f"{mean:.2f} ± {std:.2f}" in markdown.split("## Best epoch")[0]
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["terms"] for r in rows] == ["bce×1", "ce×1 + kd×1 + nd×2", *["ce×1 + kd×1"] * 2]
+    assert float(rows[0]["last_top1_or_map_mean"]) == pytest.approx(mean)
+    assert float(rows[1]["last_top5_or_cf1_mean"]) == pytest.approx(
+        statistics.mean(KDPP_TOP5[s][-1] for s in (0, 1, 2))
+    )
+    assert "best_epoch_top1_or_map_std" in rows[0]
+    with open(out / "runs.csv") as handle:
+        assert "last_top1_or_map" in next(csv.reader(handle))
+
+    # the first learning-curve panel: each group's primary metric
+    groups = group_runs([read_run(d) for d in find_run_dirs([sweep])])
+    found = curves(groups, lambda group: group_metrics(group)[0].key)
+    bce = found[str(sweep / "bce" / "resnet8")]
+    assert bce.mean.tolist() == pytest.approx([statistics.mean(v) for v in zip(*BCE_MAP.values())])

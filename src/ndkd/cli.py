@@ -206,7 +206,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from ndkd.analysis.recipes import group_runs
     from ndkd.analysis.report import results_table, write_features, write_results
-    from ndkd.analysis.results import summarize
+    from ndkd.analysis.results import column_labels, summarize
     from ndkd.analysis.run_features import collect_run_features
     from ndkd.analysis.runs import find_run_dirs, read_run
 
@@ -223,7 +223,8 @@ def _analyze(args: argparse.Namespace) -> int:
     if features is not None:
         written += write_features(groups, features, args.output)
     print(results_table([summarize(group) for group in groups]))
-    print("top-1/top-5: last epoch, mean ± std over seeds; best epoch: see results.md")
+    primary, secondary = column_labels(groups)
+    print(f"{primary}/{secondary}: last epoch, mean ± std over seeds; best epoch: see results.md")
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -17,26 +17,30 @@ from ndkd.analysis.features import FeatureStats
 from ndkd.analysis.plots import plot_feature_histograms, plot_learning_curves
 from ndkd.analysis.recipes import IGNORED_KEYS, RunGroup
 from ndkd.analysis.results import (
-    BEST_HEADERS,
-    CSV_HEADERS,
     MISSING,
-    RESULT_HEADERS,
-    RUN_CSV_HEADERS,
-    RUN_HEADERS,
     GroupResult,
     MeanStd,
+    best_headers,
     best_rows,
+    column_labels,
+    csv_headers,
     csv_rows,
     curves,
+    group_metrics,
     over_seeds,
+    result_headers,
     result_rows,
     row_label,
+    run_csv_headers,
     run_csv_rows,
+    run_headers,
     run_rows,
     short_labels,
     summarize,
+    tasks_present,
 )
 from ndkd.analysis.run_features import RunFeatures, TeacherFeatures
+from ndkd.analysis.runs import TASK_METRICS
 from ndkd.analysis.tables import markdown_table, write_csv
 
 log = logging.getLogger(__name__)
@@ -45,16 +49,16 @@ RESULTS_MD, RESULTS_CSV, RUNS_CSV = "results.md", "results.csv", "runs.csv"
 CURVES_PNG = "learning_curves.png"
 FEATURES_MD, FEATURES_JSON, FEATURES_PNG = "features.md", "features.json", "feature_norms.png"
 CURVE_PANELS = (
-    ("test_top1", "Test top-1", "top-1 (%)"),
     ("loss", "Training loss", "sum of the loss terms"),
     ("student_emb_norm", "Student embedding norm (training)", "mean L2 norm"),
 )
-"""Learning-curve panels: ``(metrics.jsonl key, title, y label)``."""
+"""Learning-curve panels after the first (each group's primary test metric):
+``(metrics.jsonl key, title, y label)``."""
 
 
 def results_table(results: Sequence[GroupResult]) -> str:
-    """The main Markdown table: last-epoch top-1/top-5, mean ± std over seeds."""
-    return markdown_table(RESULT_HEADERS, result_rows(results))
+    """The main Markdown table: the last epoch's metrics, mean ± std over seeds."""
+    return markdown_table(result_headers([r.group for r in results]), result_rows(results))
 
 
 def write_results(groups: Sequence[RunGroup], output: str | os.PathLike[str]) -> list[Path]:
@@ -65,11 +69,15 @@ def write_results(groups: Sequence[RunGroup], output: str | os.PathLike[str]) ->
     markdown = output / RESULTS_MD
     markdown.write_text(results_markdown(results))
     short = short_labels([group.label for group in groups])
-    panels = [(title, ylabel, curves(groups, key, short)) for key, title, ylabel in CURVE_PANELS]
+    primary = column_labels(groups)[0]
+    first = (lambda group: group_metrics(group)[0].key, f"Test {primary}", f"{primary} (%)")
+    panels = [
+        (title, ylabel, curves(groups, key, short)) for key, title, ylabel in (first, *CURVE_PANELS)
+    ]
     written = [
         markdown,
-        write_csv(output / RESULTS_CSV, CSV_HEADERS, csv_rows(results)),
-        write_csv(output / RUNS_CSV, RUN_CSV_HEADERS, run_csv_rows(groups)),
+        write_csv(output / RESULTS_CSV, csv_headers(groups), csv_rows(results)),
+        write_csv(output / RUNS_CSV, run_csv_headers(groups), run_csv_rows(groups)),
         plot_learning_curves(panels, output / CURVES_PNG),
     ]
     log.info("wrote %s", ", ".join(str(p) for p in written))
@@ -90,9 +98,10 @@ def results_markdown(results: Sequence[GroupResult]) -> str:
             f"\n**Incomplete runs** (fewer epochs than `train.epochs`, in rows of their own, "
             f"never averaged with finished runs): {listed}.\n"
         )
+    primary = column_labels(groups)[0]
     return f"""# Results
 
-Test accuracy at the **last epoch**, mean ± sample std over seeds (one seed: no std).
+{_measured(groups)} at the **last epoch**, mean ± sample std over seeds (one seed: no std).
 A row holds the runs of one recipe that completed the same number of epochs. Runs share a
 recipe when their `config.yaml` are equal except for: {ignored}.
 
@@ -100,17 +109,28 @@ recipe when their `config.yaml` are equal except for: {ignored}.
 {warning}
 ## Best epoch (for reference, not the result to report)
 
-The highest test top-1 over each run's evaluated epochs, mean ± std over seeds. The epoch is
-picked on the test set, so it overstates the accuracy; report the last epoch above.
+The highest test {primary} over each run's evaluated epochs, mean ± std over seeds. The epoch
+is picked on the test set, so it overstates the result; report the last epoch above.
 
-{markdown_table(BEST_HEADERS, best_rows(results))}
+{markdown_table(best_headers(groups), best_rows(results))}
 
 ## Runs
 
-{markdown_table(RUN_HEADERS, run_rows(groups))}
+{markdown_table(run_headers(groups), run_rows(groups))}
 
 ![learning curves]({CURVES_PNG})
 """
+
+
+def _measured(groups: Sequence[RunGroup]) -> str:
+    """``"Test top-1 and top-5"``; with several tasks each pair names its runs' task."""
+    tasks = tasks_present(groups)
+    pairs = []
+    for task in tasks:
+        primary, secondary = TASK_METRICS[task]
+        which = f" (`task: {task}`)" if len(tasks) > 1 else ""
+        pairs.append(f"{primary.label} and {secondary.label}{which}")
+    return f"Test {' or '.join(pairs)}"
 
 
 def write_features(

@@ -1,5 +1,7 @@
-"""Per row (a recipe's runs with the same epochs completed): last-epoch top-1/top-5 and the
-best epoch's top-1, mean ± sample std over seeds, as table rows and learning curves.
+"""Per row (a recipe's runs with the same epochs completed): the last epoch's primary and
+secondary test metric of the row's task (top-1/top-5 for classification, mAP/CF1 for
+multi-label) and the best epoch's primary metric, mean ± sample std over seeds, as table rows
+and learning curves. Column names follow the tasks present (:func:`column_labels`).
 
 Every number is read from ``metrics.jsonl``; when a run lacks a value the row shows none
 rather than a mean over fewer seeds than it claims.
@@ -7,7 +9,7 @@ rather than a mean over fewer seeds than it claims.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from ndkd.analysis.plots import Curve
 from ndkd.analysis.recipes import RunGroup
+from ndkd.analysis.runs import TASK_METRICS, Metric
 from ndkd.analysis.summary import format_mean_std, mean_std
 from ndkd.config import RunConfig
 
@@ -39,24 +42,57 @@ def over_seeds(values: Sequence[float | None]) -> MeanStd | None:
     return MeanStd(*mean_std([float(v) for v in values]))
 
 
+def group_metrics(group: RunGroup) -> tuple[Metric, Metric]:
+    """The (primary, secondary) test metrics of ``group``'s task."""
+    return TASK_METRICS[group.config.task]
+
+
+def tasks_present(groups: Sequence[RunGroup]) -> list[str]:
+    """The distinct tasks of ``groups``, in :data:`~ndkd.analysis.runs.TASK_METRICS` order."""
+    found = {group.config.task for group in groups}
+    return [task for task in TASK_METRICS if task in found]
+
+
+def column_labels(groups: Sequence[RunGroup]) -> tuple[str, str]:
+    """Labels of the primary and secondary columns: those of the groups' task (``"top-1"``,
+    ``"top-5"``), or the distinct ones joined when tasks are mixed (``"top-1 / mAP"``)."""
+    return _joined(groups, " / ", lambda metric: metric.label)
+
+
+def _column_stems(groups: Sequence[RunGroup]) -> tuple[str, str]:
+    """As :func:`column_labels`, for CSV column names (``"top1"``, ``"top1_or_map"``)."""
+    return _joined(groups, "_or_", lambda metric: metric.stem)
+
+
+def _joined(
+    groups: Sequence[RunGroup], separator: str, text: Callable[[Metric], str]
+) -> tuple[str, str]:
+    pairs = [TASK_METRICS[task] for task in tasks_present(groups)]
+    primary, secondary = (separator.join(text(pair[i]) for pair in pairs) for i in (0, 1))
+    return primary, secondary
+
+
 @dataclass(frozen=True)
 class GroupResult:
-    """A row's numbers; ``best_epochs`` lists each run's best epoch, in the group's order."""
+    """A row's numbers (metrics of :func:`group_metrics`); ``best_epochs`` lists each run's
+    best epoch by the primary metric, in the group's order."""
 
     group: RunGroup
-    last_top1: MeanStd | None
-    last_top5: MeanStd | None
-    best_top1: MeanStd | None
+    last_primary: MeanStd | None
+    last_secondary: MeanStd | None
+    best_primary: MeanStd | None
     best_epochs: tuple[int | None, ...]
 
 
 def summarize(group: RunGroup) -> GroupResult:
-    """Last-epoch top-1/top-5 and best-epoch top-1 of ``group``'s runs, over seeds."""
-    bests = [run.best("test_top1") for run in group.runs]
+    """Last-epoch primary/secondary and best-epoch primary metric of ``group``'s runs, over
+    seeds."""
+    primary, secondary = group_metrics(group)
+    bests = [run.best(primary.key) for run in group.runs]
     return GroupResult(
         group,
-        over_seeds([run.last("test_top1") for run in group.runs]),
-        over_seeds([run.last("test_top5") for run in group.runs]),
+        over_seeds([run.last(primary.key) for run in group.runs]),
+        over_seeds([run.last(secondary.key) for run in group.runs]),
         over_seeds([None if b is None else b[0] for b in bests]),
         tuple(None if b is None else b[1] for b in bests),
     )
@@ -107,20 +143,23 @@ def _seeds_text(group: RunGroup) -> str:
     return f"{len(group.runs)} ({', '.join(str(s) for s in group.seeds)})"
 
 
-RESULT_HEADERS = (
-    "recipe",
-    "teacher",
-    "student",
-    "terms",
-    "seeds",
-    "epochs",
-    "top-1 (%) last epoch",
-    "top-5 (%) last epoch",
-)
+def result_headers(groups: Sequence[RunGroup]) -> tuple[str, ...]:
+    """Headers of :func:`result_rows`."""
+    primary, secondary = column_labels(groups)
+    return (
+        "recipe",
+        "teacher",
+        "student",
+        "terms",
+        "seeds",
+        "epochs",
+        f"{primary} (%) last epoch",
+        f"{secondary} (%) last epoch",
+    )
 
 
 def result_rows(results: Sequence[GroupResult]) -> list[list[str]]:
-    """The main table: last-epoch accuracy, one row per group."""
+    """The main table: the last epoch's metrics, one row per group."""
     return [
         [
             r.group.label,
@@ -129,14 +168,17 @@ def result_rows(results: Sequence[GroupResult]) -> list[list[str]]:
             terms_text(r.group.config),
             _seeds_text(r.group),
             epochs_text(r.group),
-            _text(r.last_top1),
-            _text(r.last_top5),
+            _text(r.last_primary),
+            _text(r.last_secondary),
         ]
         for r in results
     ]
 
 
-BEST_HEADERS = ("recipe", "seeds", "epochs", "top-1 (%) at best epoch", "best epoch per seed")
+def best_headers(groups: Sequence[RunGroup]) -> tuple[str, ...]:
+    """Headers of :func:`best_rows`."""
+    primary = column_labels(groups)[0]
+    return ("recipe", "seeds", "epochs", f"{primary} (%) at best epoch", "best epoch per seed")
 
 
 def best_rows(results: Sequence[GroupResult]) -> list[list[str]]:
@@ -146,39 +188,43 @@ def best_rows(results: Sequence[GroupResult]) -> list[list[str]]:
             r.group.label,
             _seeds_text(r.group),
             epochs_text(r.group),
-            _text(r.best_top1),
+            _text(r.best_primary),
             ", ".join(MISSING if e is None else str(e) for e in r.best_epochs),
         ]
         for r in results
     ]
 
 
-RUN_HEADERS = (
-    "run folder",
-    "recipe",
-    "seed",
-    "epochs",
-    "top-1 (%) last epoch",
-    "top-5 (%) last epoch",
-    "top-1 (%) best epoch",
-    "best epoch",
-)
+def run_headers(groups: Sequence[RunGroup]) -> tuple[str, ...]:
+    """Headers of :func:`run_rows`."""
+    primary, secondary = column_labels(groups)
+    return (
+        "run folder",
+        "recipe",
+        "seed",
+        "epochs",
+        f"{primary} (%) last epoch",
+        f"{secondary} (%) last epoch",
+        f"{primary} (%) best epoch",
+        "best epoch",
+    )
 
 
 def run_rows(groups: Sequence[RunGroup]) -> list[list[str]]:
     """One row per run, the values as read (rounded to 2 decimals)."""
     rows = []
     for group in groups:
+        primary, secondary = group_metrics(group)
         for run in group.runs:
-            best = run.best("test_top1")
+            best = run.best(primary.key)
             rows.append(
                 [
                     str(run.path),
                     group.label,
                     str(run.seed),
                     epochs_text(group),
-                    _number(run.last("test_top1")),
-                    _number(run.last("test_top5")),
+                    _number(run.last(primary.key)),
+                    _number(run.last(secondary.key)),
                     MISSING if best is None else f"{best[0]:.2f}",
                     MISSING if best is None else str(best[1]),
                 ]
@@ -190,25 +236,24 @@ def _number(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2f}"
 
 
-CSV_HEADERS = (
-    "recipe",
-    "recipe_id",
-    "teacher",
-    "student",
-    "terms",
-    "seeds",
-    "seed_list",
-    "epochs_completed",
-    "epochs_planned",
-    "complete",
-    "last_top1_mean",
-    "last_top1_std",
-    "last_top5_mean",
-    "last_top5_std",
-    "best_epoch_top1_mean",
-    "best_epoch_top1_std",
-    "best_epochs",
-)
+def csv_headers(groups: Sequence[RunGroup]) -> tuple[str, ...]:
+    """Headers of :func:`csv_rows`."""
+    primary, secondary = _column_stems(groups)
+    numbers = (f"last_{primary}", f"last_{secondary}", f"best_epoch_{primary}")
+    return (
+        "recipe",
+        "recipe_id",
+        "teacher",
+        "student",
+        "terms",
+        "seeds",
+        "seed_list",
+        "epochs_completed",
+        "epochs_planned",
+        "complete",
+        *(f"{stem}_{part}" for stem in numbers for part in ("mean", "std")),
+        "best_epochs",
+    )
 
 
 def csv_rows(results: Sequence[GroupResult]) -> list[list[object]]:
@@ -217,7 +262,7 @@ def csv_rows(results: Sequence[GroupResult]) -> list[list[object]]:
     for r in results:
         group = r.group
         numbers: list[object] = []
-        for value in (r.last_top1, r.last_top5, r.best_top1):
+        for value in (r.last_primary, r.last_secondary, r.best_primary):
             numbers += [None, None] if value is None else [value.mean, value.std]
         rows.append(
             [
@@ -238,27 +283,31 @@ def csv_rows(results: Sequence[GroupResult]) -> list[list[object]]:
     return rows
 
 
-RUN_CSV_HEADERS = (
-    "run_dir",
-    "recipe",
-    "recipe_id",
-    "seed",
-    "epochs_completed",
-    "epochs_planned",
-    "complete",
-    "last_top1",
-    "last_top5",
-    "best_epoch_top1",
-    "best_epoch",
-)
+def run_csv_headers(groups: Sequence[RunGroup]) -> tuple[str, ...]:
+    """Headers of :func:`run_csv_rows`."""
+    primary, secondary = _column_stems(groups)
+    return (
+        "run_dir",
+        "recipe",
+        "recipe_id",
+        "seed",
+        "epochs_completed",
+        "epochs_planned",
+        "complete",
+        f"last_{primary}",
+        f"last_{secondary}",
+        f"best_epoch_{primary}",
+        "best_epoch",
+    )
 
 
 def run_csv_rows(groups: Sequence[RunGroup]) -> list[list[object]]:
     """``runs.csv``: one row per run, the values exactly as read."""
     rows = []
     for group in groups:
+        primary, secondary = group_metrics(group)
         for run in group.runs:
-            best = run.best("test_top1") or (None, None)
+            best = run.best(primary.key) or (None, None)
             rows.append(
                 [
                     str(run.path),
@@ -268,8 +317,8 @@ def run_csv_rows(groups: Sequence[RunGroup]) -> list[list[object]]:
                     run.epochs_completed,
                     run.epochs_planned,
                     run.complete,
-                    run.last("test_top1"),
-                    run.last("test_top5"),
+                    run.last(primary.key),
+                    run.last(secondary.key),
                     *best,
                 ]
             )
@@ -277,15 +326,18 @@ def run_csv_rows(groups: Sequence[RunGroup]) -> list[list[object]]:
 
 
 def curves(
-    groups: Sequence[RunGroup], key: str, labels: Mapping[str, str] | None = None
+    groups: Sequence[RunGroup],
+    key: str | Callable[[RunGroup], str],
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, Curve]:
-    """Per group, ``key`` over the epochs every run logged it: mean and sample std over seeds
-    (zero std for one seed); groups where no epoch qualifies are left out. Keyed by
-    :func:`row_label` of ``labels[group.label]`` (default: the label itself)."""
+    """Per group, ``key`` (or ``key(group)``) over the epochs every run logged it: mean and
+    sample std over seeds (zero std for one seed); groups where no epoch qualifies are left
+    out. Keyed by :func:`row_label` of ``labels[group.label]`` (default: the label itself)."""
     labels = labels or {}
     found: dict[str, Curve] = {}
     for group in groups:
-        series = [run.series(key) for run in group.runs]
+        name = key(group) if callable(key) else key
+        series = [run.series(name) for run in group.runs]
         epochs = sorted(set.intersection(*(set(s) for s in series)))
         if not epochs:
             continue

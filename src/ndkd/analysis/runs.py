@@ -18,7 +18,31 @@ from ndkd.engine.metrics import read_metrics_lines
 log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
-NUMERIC_KEYS = ("test_top1", "test_top5", "train_top1", "loss", "student_emb_norm")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A test metric in %: its ``metrics.jsonl`` key, its label in tables and plots
+    (``top-1``) and its stem in CSV column names (``top1``)."""
+
+    key: str
+    label: str
+    stem: str
+
+
+TASK_METRICS: dict[str, tuple[Metric, Metric]] = {
+    "classification": (Metric("test_top1", "top-1", "top1"), Metric("test_top5", "top-5", "top5")),
+    "multilabel": (Metric("test_map", "mAP", "map"), Metric("test_cf1", "CF1", "cf1")),
+}
+"""Per ``config.task``, the (primary, secondary) metrics the analysis reports; the primary one
+is the task's ``primary_metric`` and picks the best epoch."""
+
+NUMERIC_KEYS = (
+    *(metric.key for pair in TASK_METRICS.values() for metric in pair),
+    "train_top1",
+    "loss",
+    "student_emb_norm",
+)
 """Metrics the analysis reads; when present in a record they must be numbers."""
 
 
@@ -55,7 +79,7 @@ class Run:
         """``key`` in the last epoch's record (``None`` when that epoch did not log it)."""
         return self.history[-1].get(key)
 
-    def best(self, key: str = "test_top1") -> tuple[float, int] | None:
+    def best(self, key: str) -> tuple[float, int] | None:
         """Highest ``key`` over the epochs that logged it, and its epoch (the earliest on a tie)."""
         logged = [(r[key], r["epoch"]) for r in self.history if r.get(key) is not None]
         if not logged:

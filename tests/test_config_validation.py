@@ -113,7 +113,10 @@ def test_duplicate_keys_in_an_override_value_are_refused(recipe):
         ("data.name=cifar1000", r"data.name: expected one of \['cifar10', 'cifar100'"),
         ("log.progress_every=-1", "log.progress_every: must be non-negative"),
         ("log.tensorboard=yes please", "log.tensorboard: expected true or false"),
-        ("task=detection", r"task: expected one of \['classification', 'multilabel'\]"),
+        (
+            "task=segmentation",
+            r"task: expected one of \['classification', 'multilabel', 'detection'\]",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(recipe, override, message):

@@ -111,6 +111,13 @@ class DataConfig:
     """Probability that a training batch is mixed (when mixup or cutmix is on)."""
     mixup_switch_prob: float = 0.5
     """With both on: probability of CutMix rather than mixup for a batch."""
+    train_sizes: list[int] = field(default_factory=lambda: [800])
+    """Detection: shorter sides a training image is resized to, one drawn per image (a
+    range of sizes: multi-scale training, e.g. 640 to 800)."""
+    test_size: int = 800
+    """Detection: the shorter side evaluation images are resized to."""
+    max_size: int = 1333
+    """Detection: the longest side is capped at this many pixels."""
 
 
 @dataclass
@@ -231,10 +238,10 @@ class RunConfig:
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     output_dir: str = "runs/default"
     """Run folder; ``{seed}`` in it is replaced by the seed (one folder per seed)."""
-    task: Literal["classification", "multilabel"] = "classification"
+    task: Literal["classification", "multilabel", "detection"] = "classification"
     """The task the run trains: ``classification`` (one label per image) or ``multilabel``
     (a set of labels per image; needs a multi-label data set: voc2007, coco2014,
-    digit_canvas)."""
+    digit_canvas) or ``detection`` (boxes; coco, digit_boxes)."""
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
@@ -617,6 +624,8 @@ def _validate(config: RunConfig) -> None:
         "train.lr": train.lr,
         "train.eval_every": train.eval_every,
         "data.image_size": config.data.image_size,
+        "data.test_size": config.data.test_size,
+        "data.max_size": config.data.max_size,
         "data.eval_resize": config.data.eval_resize,
     }
     for key, value in positive.items():
@@ -698,8 +707,14 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(
             f"task: {config.data.name} has {data_task} labels, found task: {config.task}"
         )
-    if config.task == "multilabel" and (config.data.mixup or config.data.cutmix):
-        raise ConfigError("data.mixup/data.cutmix: single-label augmentations, not for multilabel")
+    if config.task != "classification" and (config.data.mixup or config.data.cutmix):
+        raise ConfigError(
+            f"data.mixup/data.cutmix: single-label augmentations, not for {config.task}"
+        )
+    if not config.data.train_sizes or min(config.data.train_sizes) <= 0:
+        raise ConfigError(
+            f"data.train_sizes: one or more positive sizes, found {config.data.train_sizes}"
+        )
     for role in ("student", "teacher"):
         if getattr(config, role).embedding_dim < 0:
             raise ConfigError(f"{role}.embedding_dim: must be non-negative")

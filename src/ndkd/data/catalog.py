@@ -15,8 +15,8 @@ class DatasetEntry:
     """Built from data shipped with a dependency (scikit-learn): ``data.root`` is unused."""
     summary: str
     task: str = "classification"
-    """The task its labels are for: ``classification`` (one class per image) or
-    ``multilabel`` (a set of classes per image)."""
+    """The task its labels are for: ``classification`` (one class per image),
+    ``multilabel`` (a set of classes per image) or ``detection`` (boxes and their classes)."""
 
 
 CATALOG: dict[str, DatasetEntry] = {
@@ -44,6 +44,19 @@ CATALOG: dict[str, DatasetEntry] = {
             "COCO 2014 (annotations/instances_{train,val}2014.json, train2014/, val2014/), "
             "80 classes",
             "multilabel",
+        ),
+        DatasetEntry(
+            "coco",
+            False,
+            "COCO 2017 detection (annotations/instances_{train,val}2017.json, train2017/, "
+            "val2017/), 80 classes",
+            "detection",
+        ),
+        DatasetEntry(
+            "digit_boxes",
+            True,
+            "scikit-learn digits at random scales and places on noisy canvases, with boxes",
+            "detection",
         ),
         DatasetEntry(
             "digit_canvas",

@@ -1,9 +1,11 @@
 """Image sets streamed from disk: the shared dataset base, decoding and the loaders.
 
-A :class:`StreamingDataset` decodes one image file per sample and transforms it with a
-per-sample NumPy generator; its subclasses say which file and which target a sample has
+A :class:`SeededDataset` gives each sample a per-sample NumPy generator for its
+augmentation; a :class:`StreamingDataset` is one that decodes one image file per sample, its
+subclasses saying which file and which target a sample has
 (:class:`~ndkd.data.imagefolder.ImageFolderDataset`: a class index;
-:class:`~ndkd.data.multilabel.MultiLabelDataset`: a multi-hot vector). File names are kept
+:class:`~ndkd.data.multilabel.MultiLabelDataset`: a multi-hot vector;
+:class:`~ndkd.data.detection.DetectionDataset`: boxes and their labels). File names are kept
 in one byte buffer (:class:`NameBuffer`), so worker processes share the listing without
 copy-on-write growth.
 
@@ -25,7 +27,7 @@ import operator
 import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -128,31 +130,38 @@ def normalize_image(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) 
 # Datasets
 
 
-class SampleTransform(Protocol):
-    """A per-sample transform: ``uint8`` ``[3, H, W]`` -> ``float32`` image; a training
-    transform draws its augmentation from ``rng``."""
+class Augmentation(Protocol):
+    """A transform that augments in training (it then needs the sample's generator)."""
 
     train: bool
+
+
+class SampleTransform(Augmentation, Protocol):
+    """A per-sample transform: ``uint8`` ``[3, H, W]`` -> ``float32`` image; a training
+    transform draws its augmentation from ``rng``."""
 
     def __call__(
         self, image: torch.Tensor, rng: np.random.Generator | None = None
     ) -> torch.Tensor: ...
 
 
-D = TypeVar("D", bound="StreamingDataset")
+D = TypeVar("D", bound="SeededDataset")
 
 
-class StreamingDataset(Dataset[tuple[torch.Tensor, Any]], ABC):
-    """One split of an image set on disk: ``dataset[key]`` is ``(image, target)``.
+class SeededDataset(Dataset[tuple[Any, ...]], ABC):
+    """Samples augmented by a per-sample generator: ``dataset[key]`` is ``(image, target)``.
 
     ``key`` is an index, ``(index, epoch)`` or ``(index, epoch, copy)`` (what the loaders
     pass; ``copy``: the repeated-augmentation copy, default 0). With a training transform
     the augmentation of ``(index, epoch)`` is seeded by ``(seed, epoch, index)`` only, that
     of copy ``c > 0`` by ``(seed, epoch, index, c)``; a bare index uses the epoch of
-    :meth:`set_epoch`. Subclasses give the length, each sample's file and its target.
+    :meth:`set_epoch`. Subclasses give the length and make the sample.
     """
 
-    def __init__(self, transform: SampleTransform, seed: int = 0):
+    collate: Callable[[list[Any]], Any] | None = None
+    """How the loaders batch samples (``None``: ``DataLoader``'s default, stacking)."""
+
+    def __init__(self, transform: Augmentation, seed: int = 0):
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.transform = transform
@@ -163,30 +172,22 @@ class StreamingDataset(Dataset[tuple[torch.Tensor, Any]], ABC):
     def __len__(self) -> int: ...
 
     @abstractmethod
-    def _file(self, index: int) -> str:
-        """The image file of sample ``index`` (in range)."""
-
-    @abstractmethod
-    def _target(self, index: int) -> Any:
-        """The target of sample ``index`` (in range)."""
+    def _sample(self, index: int, rng: np.random.Generator | None) -> tuple[Any, ...]:
+        """Sample ``index`` (in range) augmented with ``rng`` (``None``: not augmented)."""
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch used by bare-index access (the loaders pass it with each index)."""
         self.epoch = epoch
 
-    def path(self, index: int) -> Path:
-        """The image file of sample ``index``."""
-        return Path(self._file(self._check(index)))
-
-    def with_transform(self: D, transform: SampleTransform) -> D:
-        """The same images (shared listing) under ``transform``."""
+    def with_transform(self: D, transform: Augmentation) -> D:
+        """The same samples (shared storage) under ``transform``."""
         return self._copy(transform, self.seed)
 
     def with_seed(self: D, seed: int) -> D:
-        """The same images and transform with augmentation seed ``seed``."""
+        """The same samples and transform with augmentation seed ``seed``."""
         return self._copy(self.transform, seed)
 
-    def _copy(self: D, transform: SampleTransform, seed: int) -> D:
+    def _copy(self: D, transform: Augmentation, seed: int) -> D:
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         clone = copy.copy(self)
@@ -201,39 +202,60 @@ class StreamingDataset(Dataset[tuple[torch.Tensor, Any]], ABC):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         return index
 
-    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, Any]:
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[Any, ...]:
         index, epoch, copy_ = (*key, 0)[:3] if isinstance(key, tuple) else (key, self.epoch, 0)
         index = self._check(index)
         if copy_ < 0:
             raise ValueError(f"copy must be non-negative, got {copy_}")
-        image = decode_image(self._file(index))
         rng = None
         if self.transform.train:
             entropy = [self.seed, epoch, index] + ([copy_] if copy_ else [])
             rng = np.random.default_rng(entropy)
-        return self.transform(image, rng), self._target(index)
+        return self._sample(index, rng)
+
+
+class StreamingDataset(SeededDataset):
+    """One split of an image set on disk: ``dataset[key]`` is ``(image, target)``, the image
+    decoded from its file and passed through the transform (a :class:`SampleTransform`;
+    ``key`` and the seeding: :class:`SeededDataset`). Subclasses give the length, each
+    sample's file and its target."""
+
+    @abstractmethod
+    def _file(self, index: int) -> str:
+        """The image file of sample ``index`` (in range)."""
+
+    @abstractmethod
+    def _target(self, index: int) -> Any:
+        """The target of sample ``index`` (in range)."""
+
+    def path(self, index: int) -> Path:
+        """The image file of sample ``index``."""
+        return Path(self._file(self._check(index)))
+
+    def _sample(self, index: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, Any]:
+        return self.transform(decode_image(self._file(index)), rng), self._target(index)
 
 
 # ---------------------------------------------------------------------------------------
 # Loaders
 
 
-class _WithIndices(Dataset[tuple[torch.Tensor, Any, int]]):
+class _WithIndices(Dataset[tuple[Any, ...]]):
     """``dataset[key] + (index,)``."""
 
-    def __init__(self, dataset: StreamingDataset):
+    def __init__(self, dataset: SeededDataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, Any, int]:
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[Any, ...]:
         index = key[0] if isinstance(key, tuple) else key
         return (*self.dataset[key], index)
 
 
 def _data_loader(
-    dataset: StreamingDataset,
+    dataset: SeededDataset,
     batch_size: int,
     sampler: Any,
     *,
@@ -242,6 +264,7 @@ def _data_loader(
     return_indices: bool,
     pin_memory: bool | None,
     persistent: bool,
+    collate_fn: Callable[[list[Any]], Any] | None,
 ) -> DataLoader:
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -257,16 +280,18 @@ def _data_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=persistent and workers,
         prefetch_factor=2 if workers else None,
+        collate_fn=collate_fn,
         # Its own generator: iterating never draws from the global RNG.
         generator=torch.Generator(),
     )
 
 
 class TrainLoader:
-    """Shuffled, rank-sharded, resumable training batches of a :class:`StreamingDataset`.
+    """Shuffled, rank-sharded, resumable training batches of a :class:`SeededDataset`.
 
     Yields ``(images [B, 3, S, S] float32, targets)`` (class labels: ``[B]`` int64;
-    multi-hot targets: ``[B, C]``), plus ``dataset_indices [B]`` with ``return_indices``.
+    multi-hot targets: ``[B, C]``), plus ``dataset_indices [B]`` with ``return_indices``;
+    ``collate_fn``: another batching (e.g. detection's tuples of images and targets).
     The order of epoch ``e`` is ``DistributedSampler``'s (seed ``seed + e``, padded by
     wrap-around, ``rank::world_size``); the augmentation of a sample depends only on
     ``(seed, e, index)``. Workers persist across epochs: the epoch is sent with every index.
@@ -280,7 +305,7 @@ class TrainLoader:
 
     def __init__(
         self,
-        dataset: StreamingDataset,
+        dataset: SeededDataset,
         batch_size: int,
         *,
         seed: int,
@@ -291,6 +316,7 @@ class TrainLoader:
         return_indices: bool = False,
         pin_memory: bool | None = None,
         repeated_augmentations: int = 0,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
     ):
         if repeated_augmentations < 0:
             raise ValueError(
@@ -314,6 +340,7 @@ class TrainLoader:
             return_indices=return_indices,
             pin_memory=pin_memory,
             persistent=True,
+            collate_fn=collate_fn,
         )
 
     @property
@@ -338,12 +365,12 @@ class TrainLoader:
             return samples // self.batch_size
         return math.ceil(samples / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return iter(self.loader)
 
 
 def eval_loader(
-    dataset: StreamingDataset,
+    dataset: SeededDataset,
     batch_size: int,
     *,
     rank: int = 0,
@@ -351,11 +378,12 @@ def eval_loader(
     num_workers: int = 0,
     return_indices: bool = False,
     pin_memory: bool | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
     """Batches ``(images, targets)`` (``+ dataset_indices`` with ``return_indices``) of this
     rank's share of ``dataset``, in dataset order: indices ``rank::world_size``, no padding,
     so over all ranks every sample is seen exactly once (a rank may get one batch fewer
-    or none). Workers do not persist."""
+    or none). Workers do not persist. ``collate_fn``: as for :class:`TrainLoader`."""
     check_shard(rank, world_size)
     return _data_loader(
         dataset,
@@ -366,4 +394,5 @@ def eval_loader(
         return_indices=return_indices,
         pin_memory=pin_memory,
         persistent=False,
+        collate_fn=collate_fn,
     )

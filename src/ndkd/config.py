@@ -725,8 +725,11 @@ def _validate(config: RunConfig) -> None:
         )
     if not config.student.arch:
         raise ConfigError("student.arch: required (a zoo name, torchvision:NAME or timm:NAME)")
-    if not config.terms:
-        raise ConfigError("terms: at least one loss term is required (e.g. {name: ce})")
+    if not config.terms and config.task != "detection":
+        raise ConfigError(
+            "terms: at least one loss term is required (e.g. {name: ce}); only a detector "
+            "trains on its own losses alone"
+        )
     term_names = [term.name for term in config.terms]
     duplicates = sorted({n for n in term_names if term_names.count(n) > 1})
     if duplicates:

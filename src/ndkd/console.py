@@ -73,7 +73,7 @@ def epoch_summary(record: dict[str, Any], epochs: int | None = None) -> str:
     return "  ".join(parts)
 
 
-_SHOWN_TEST_KEYS = ("test_top1", "test_top5", "test_map", "test_samples")
+_SHOWN_TEST_KEYS = ("test_top1", "test_top5", "test_map", "test_ap", "test_samples")
 
 
 def _detail(key: str) -> bool:
@@ -83,13 +83,14 @@ def _detail(key: str) -> bool:
 
 
 def evaluation_summary(record: dict[str, Any]) -> str:
-    """``test top-1 71.20% top-5 90.10%`` (classification) or ``test mAP 90.14%``
-    (multi-label), or an empty string when the record holds neither."""
+    """``test top-1 71.20% top-5 90.10%`` (classification), ``test mAP 90.14%``
+    (multi-label) or ``test AP 38.20%`` (detection); empty when the record holds none."""
     test = []
     for key, form in (
         ("test_top1", "top-1 {:.2f}%"),
         ("test_top5", "top-5 {:.2f}%"),
         ("test_map", "mAP {:.2f}%"),
+        ("test_ap", "AP {:.2f}%"),
     ):
         if (value := _number(record, key)) is not None:
             test.append(form.format(value))

@@ -70,6 +70,19 @@ def int_array(path: Path, values: list[Any], kind: str, what: str = "ids") -> np
         raise ValueError(f"{path}: malformed {kind}: {what} must be integers") from None
 
 
+def unique_ids(path: Path, ids: np.ndarray, of: str) -> np.ndarray:
+    """The order that sorts ``ids`` (``of``: what they number, for the message).
+
+    Raises:
+        ValueError: an id listed twice.
+    """
+    order = np.argsort(ids, kind="stable")
+    repeated = np.flatnonzero(np.diff(ids[order]) == 0)
+    if len(repeated):
+        raise ValueError(f"{path}: id {int(ids[order[repeated[0]]])} listed twice in the {of}")
+    return order
+
+
 def lookup(path: Path, known: np.ndarray, wanted: np.ndarray, field: str, of: str) -> np.ndarray:
     """The index in ``known`` of every ``wanted`` id of the annotations (``field``: the
     annotation field, ``of``: what ``known`` lists, for the messages).
@@ -77,10 +90,7 @@ def lookup(path: Path, known: np.ndarray, wanted: np.ndarray, field: str, of: st
     Raises:
         ValueError: an id listed twice in ``known``, or a ``wanted`` id not in it.
     """
-    order = np.argsort(known, kind="stable")
-    repeated = np.flatnonzero(np.diff(known[order]) == 0)
-    if len(repeated):
-        raise ValueError(f"{path}: id {int(known[order[repeated[0]]])} listed twice in the {of}")
+    order = unique_ids(path, known, of)
     at = np.searchsorted(known, wanted, sorter=order)
     found = at < len(known)
     found[found] = known[order[at[found]]] == wanted[found]

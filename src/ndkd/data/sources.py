@@ -9,7 +9,9 @@ workers). Both loaders shuffle epoch ``e`` with seed ``seed + e`` as ``Distribut
 does, augment a sample as a function of ``(seed, e, index)`` only, and can start an epoch at
 any batch (a mid-epoch resume). Multi-label sets (``voc2007``, ``coco2014``,
 ``digit_canvas``) come as :class:`~ndkd.data.multilabel.MultiLabelSplits` with ``[N, C]``
-targets.
+targets; detection sets (``coco``, ``digit_boxes``) as
+:class:`~ndkd.data.detection.DetectionSplits`, whose samples are ``(image, target dict)``
+batched into tuples (:func:`~ndkd.data.detection.collate_detection`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from ndkd.data.augment import cifar_transform
 from ndkd.data.catalog import CATALOG, is_bundled
 from ndkd.data.cifar import SPECS, standard_size
 from ndkd.data.coco import read_coco2014
+from ndkd.data.coco_detection import read_coco
 from ndkd.data.datasets import ImageTensorDataset, build_dataset
+from ndkd.data.detection import BoxDataset, DetectionSplits, Target
+from ndkd.data.digit_boxes import digit_box_splits
 from ndkd.data.digit_canvas import CLASSES as CANVAS_CLASSES
 from ndkd.data.imagefolder import ImageFolderSplits, read_image_folders
 from ndkd.data.loader import InMemoryLoader
 from ndkd.data.multilabel import MultiLabelSplits
-from ndkd.data.streaming import StreamingDataset, TrainLoader, eval_loader
+from ndkd.data.streaming import SeededDataset, TrainLoader, eval_loader
 from ndkd.data.voc import read_voc2007
 
 
@@ -85,10 +90,11 @@ def load_splits(
     *,
     rand_augment: str = "",
     random_erasing: float = 0.0,
-) -> Splits | ImageFolderSplits | MultiLabelSplits:
+) -> Splits | ImageFolderSplits | MultiLabelSplits | DetectionSplits:
     """Read data set ``name`` (a :data:`~ndkd.data.catalog.CATALOG` key) from ``root``
     (``image_size``, ``eval_resize``, ``rand_augment``, ``random_erasing``: the image-folder
-    transforms; ``image_size`` also the square side of VOC2007 and COCO2014).
+    transforms; ``image_size`` also the square side of VOC2007 and COCO2014; unused by the
+    detection sets, whose images keep their size).
 
     Raises:
         ValueError: unknown ``name``. FileNotFoundError: ``root`` is not a folder.
@@ -98,6 +104,8 @@ def load_splits(
     if name == "digit_canvas":
         train, test = (build_dataset(name, None, split) for split in ("train", "test"))
         return MultiLabelSplits(CANVAS_CLASSES, train, test, "plain", in_channels=1)
+    if name == "digit_boxes":
+        return digit_box_splits()
     if is_bundled(name):
         return Splits(build_dataset(name, None, "train"), build_dataset(name, None, "test"))
     folder = Path(root) if root is not None else None
@@ -118,13 +126,15 @@ def load_splits(
         return read_voc2007(folder, image_size)
     if name == "coco2014":
         return read_coco2014(folder, image_size)
+    if name == "coco":
+        return read_coco(folder)
     return Splits(
         build_dataset(name, folder, "train", cifar_transform(name, train=True)),
         build_dataset(name, folder, "test", cifar_transform(name, train=False)),
     )
 
 
-Dataset = ImageTensorDataset | StreamingDataset
+Dataset = ImageTensorDataset | SeededDataset
 
 
 def training_loader(
@@ -140,10 +150,10 @@ def training_loader(
     repeated_augmentations: int = 0,
 ) -> InMemoryLoader | TrainLoader:
     """Shuffled, augmented, resumable batches of this process's share of ``dataset``
-    (``resident``: keep an in-memory set on that device; ``num_workers``: decoding
-    processes of a streaming set; ``repeated_augmentations``: a streaming set's repeated
-    augmentation count)."""
-    if isinstance(dataset, StreamingDataset):
+    (``resident``: keep an in-memory image tensor set on that device; ``num_workers``:
+    decoding processes of a per-sample set; ``repeated_augmentations``: a per-sample set's
+    repeated augmentation count). Per-sample sets are batched by their ``collate``."""
+    if isinstance(dataset, SeededDataset):
         return TrainLoader(
             dataset,
             batch_size,
@@ -153,6 +163,7 @@ def training_loader(
             num_workers=num_workers,
             return_indices=return_indices,
             repeated_augmentations=repeated_augmentations,
+            collate_fn=dataset.collate,
         )
     return InMemoryLoader(
         dataset,
@@ -177,14 +188,16 @@ def evaluation_loader(
     num_workers: int = 0,
 ) -> Iterable:
     """This process's share of ``dataset`` in order, every sample exactly once over all
-    processes (no padding). An augmented split is augmented as in epoch 0 of ``seed``."""
-    if isinstance(dataset, StreamingDataset):
+    processes (no padding). An augmented split is augmented as in epoch 0 of ``seed``.
+    Per-sample sets are batched by their ``collate``."""
+    if isinstance(dataset, SeededDataset):
         return eval_loader(
             dataset.with_seed(seed),
             batch_size,
             rank=rank,
             world_size=world_size,
             num_workers=num_workers,
+            collate_fn=dataset.collate,
         )
     if world_size > 1:
         part = slice(rank, None, world_size)
@@ -197,7 +210,18 @@ def evaluation_loader(
 def probe_images(dataset: Dataset, count: int, device: torch.device) -> torch.Tensor:
     """The first ``count`` training images, transformed as training sees them (for sizing a
     method's modules from a forward pass)."""
-    if isinstance(dataset, StreamingDataset):
+    if isinstance(dataset, SeededDataset):
         return torch.stack([dataset[i][0] for i in range(count)]).to(device)
     images = dataset.images[:count].to(device)
     return dataset.transform(images) if dataset.transform is not None else images
+
+
+def probe_detection(
+    dataset: BoxDataset, count: int, device: torch.device
+) -> tuple[list[torch.Tensor], list[Target]]:
+    """The first ``count`` training images and their targets, transformed as training sees
+    them in epoch 0, on ``device`` (a detection model's probe batch)."""
+    samples = [dataset[(i, 0)] for i in range(count)]
+    images = [image.to(device) for image, _ in samples]
+    targets = [{key: value.to(device) for key, value in target.items()} for _, target in samples]
+    return images, targets

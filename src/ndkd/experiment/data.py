@@ -9,7 +9,13 @@ from typing import Any
 import torch
 
 from ndkd.config import RunConfig
-from ndkd.data.sources import evaluation_loader, load_splits, probe_images, training_loader
+from ndkd.data.sources import (
+    evaluation_loader,
+    load_splits,
+    probe_detection,
+    probe_images,
+    training_loader,
+)
 from ndkd.engine.distributed import DistInfo
 
 PROBE_BATCH = 2
@@ -36,10 +42,15 @@ class RunData:
     def train_size(self) -> int:
         return len(self.splits.train)
 
-    def probe_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """A tiny transformed training batch for sizing a method's modules."""
-        images = probe_images(self.splits.train, PROBE_BATCH, device)
-        return images, self.splits.train.labels[:PROBE_BATCH].to(device)
+    def probe_batch(self, device: torch.device) -> tuple[Any, ...]:
+        """A tiny transformed training batch, as the training loader yields it, for sizing a
+        method's modules: ``(images, labels)``, or for detection sets (whose loaders collate
+        lists) ``(images, targets)`` as tuples."""
+        train = self.splits.train
+        if getattr(train, "collate", None) is not None:
+            images, targets = probe_detection(train, PROBE_BATCH, device)
+            return tuple(images), tuple(targets)
+        return probe_images(train, PROBE_BATCH, device), train.labels[:PROBE_BATCH].to(device)
 
 
 def per_process_batch(config: RunConfig, dist: DistInfo) -> int:

@@ -40,11 +40,10 @@ def build_method(
     refuses to build without them (so ``requires_centers`` is the built method's answer,
     never a term's name: ``nd`` with ``centers: classifier_weights`` reads no file).
     """
-    images, labels = data.probe_batch(device)
-    probe = task.to_device((images, labels), device, None)
-    with torch.no_grad():
-        student_probe = task.forward(student.eval(), probe)
-        teacher_probe = task.forward(teacher, probe) if teacher is not None else None
+    raw = data.probe_batch(device)
+    student_probe, teacher_probe = task.probe_rows(
+        student, teacher, task.to_device(raw, device, None)
+    )
 
     def teacher_class_means(select: FeatureSelector) -> ClassMeans:
         loader = centers_loader(config, data.splits, dist, device)
@@ -52,11 +51,10 @@ def build_method(
 
     @torch.no_grad()
     def teacher_features(select: FeatureSelector) -> torch.Tensor:
-        rows = [select(teacher_probe)[:0].float()]  # a process may hold no sample
+        rows = [select(teacher_probe)[:0]]  # a process may hold no sample
         for raw in centers_loader(config, data.splits, dist, device):
-            batch = task.to_device(raw, device, None)
-            rows.append(select(task.forward(teacher, batch)).float())
-        return all_gather_rows(torch.cat(rows)).cpu()
+            rows.append(select(task.feature_rows(teacher, task.to_device(raw, device, None))))
+        return all_gather_rows(torch.cat(rows).float()).cpu()
 
     centers = load_centers(config, data.num_classes)
     context = BuildContext(
@@ -68,9 +66,9 @@ def build_method(
         student=student,
         teacher=teacher,
         teacher_class_means=teacher_class_means if teacher is not None else None,
-        probe_images=images,
+        probe_images=raw[0] if isinstance(raw[0], torch.Tensor) else None,
         centers_path=config.centers.path,
-        multi_label=labels.dim() == 2,
+        multi_label=config.task == "multilabel",
         teacher_features=teacher_features if teacher is not None else None,
     )
     method = Distiller(config.terms, context).to(device)

@@ -44,6 +44,17 @@ def run_task(config: RunConfig, splits: Any, training: bool = True) -> Task:
         return build_task(
             "multilabel", classes=list(splits.classes), ap_definition=splits.ap_definition
         )
+    if config.task == "detection":
+        data = config.data
+        return build_task(
+            "detection",
+            classes=list(splits.classes),
+            ground_truth=splits.ground_truth(),
+            category_ids=list(splits.category_ids),
+            train_sizes=list(data.train_sizes),
+            test_size=data.test_size,
+            max_size=data.max_size,
+        )
     mixer = batch_mixer(config, splits.num_classes) if training else None
     return build_task(config.task, mixer=mixer)
 

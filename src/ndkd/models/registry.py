@@ -1,4 +1,5 @@
-"""The one model factory: the ndkd zoo (plain names), ``torchvision:NAME`` and ``timm:NAME``."""
+"""The one model factory: the ndkd zoo (plain names), ``torchvision:NAME``, ``timm:NAME`` and
+the Faster R-CNN detectors (``fasterrcnn_<backbone>_fpn``)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def list_models(source: str = "cifar") -> list[str]:
 
     ``"cifar"``: the CIFAR zoo, in zoo order; ``"imagenet"``: ndkd's own ImageNet models
     (``mobilenet_v1``); ``"torchvision"``/``"timm"``: that library's classifiers, prefixed
-    (``"torchvision:resnet18"``, ``"timm:vit_small_patch16_224"``).
+    (``"torchvision:resnet18"``, ``"timm:vit_small_patch16_224"``); ``"detection"``: the Faster
+    R-CNN detectors (``"fasterrcnn_resnet50_fpn"``, :mod:`ndkd.models.detection`).
     """
     if source == "cifar":
         return list(_MODELS)
@@ -53,8 +55,13 @@ def list_models(source: str = "cifar") -> list[str]:
         import timm
 
         return [f"timm:{name}" for name in timm.list_models()]
+    if source == "detection":
+        from ndkd.models.detection import detector_names
+
+        return detector_names()
     raise ValueError(
-        f"unknown model source {source!r}; available: cifar, imagenet, {', '.join(SOURCES)}"
+        f"unknown model source {source!r}; available: cifar, imagenet, {', '.join(SOURCES)}, "
+        "detection"
     )
 
 
@@ -91,6 +98,10 @@ def create_model(
     if in_channels < 1:
         raise ValueError(f"in_channels must be positive, got {in_channels}")
     source, _, arch = name.rpartition(":")
+    if not source and name.startswith("fasterrcnn_"):
+        from ndkd.models.detection import create_detector
+
+        return create_detector(name, num_classes, in_channels, pretrained, **options)
     if source == "torchvision":
         from ndkd.models.torchvision_models import create_torchvision_model
 

@@ -11,12 +11,14 @@ from typing import Any
 
 from ndkd.tasks.base import Task, TrainMeter
 from ndkd.tasks.classification import ClassificationTask
+from ndkd.tasks.detection import DetectionTask
 from ndkd.tasks.mixing import BatchMixer
 from ndkd.tasks.multilabel import MultiLabelTask
 
 TASKS: dict[str, Callable[..., Task]] = {
     "classification": ClassificationTask,
     "multilabel": MultiLabelTask,
+    "detection": DetectionTask,
 }
 
 
@@ -31,6 +33,7 @@ __all__ = [
     "TASKS",
     "BatchMixer",
     "ClassificationTask",
+    "DetectionTask",
     "MultiLabelTask",
     "Task",
     "TrainMeter",

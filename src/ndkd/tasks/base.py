@@ -44,6 +44,9 @@ class Task(Protocol):
       over processes.
     - :meth:`class_means`: the teacher's per-class mean features over ``loader`` (what they
       are averaged over is the task's choice: image embeddings per label for classification).
+    - :meth:`probe_rows`: the student's and teacher's rows on a probe batch (what a
+      method's modules are sized from); :meth:`feature_rows`: a model's rows on a batch
+      (images, or a detector's sampled RoIs), for passes such as the LSH bias.
     """
 
     primary_metric: str
@@ -72,6 +75,12 @@ class Task(Protocol):
         autocast: Autocast,
         memory_format: torch.memory_format | None = None,
     ) -> dict[str, float]: ...
+
+    def probe_rows(
+        self, student: nn.Module, teacher: nn.Module | None, batch: Any
+    ) -> tuple[Any, Any]: ...
+
+    def feature_rows(self, model: nn.Module, batch: Any) -> Any: ...
 
     def class_means(
         self,

@@ -90,7 +90,26 @@ class AccuracyMeter:
         return record
 
 
-class ClassificationTask:
+class ImageRows:
+    """Probing of the tasks whose rows are images: a model's rows are its outputs."""
+
+    def forward(self, model: nn.Module, batch: Any) -> ModelOutput:
+        return model(batch.images)
+
+    def feature_rows(self, model: nn.Module, batch: Any) -> ModelOutput:
+        """``model``'s rows on ``batch``: its outputs, one row per image."""
+        return self.forward(model, batch)
+
+    @torch.no_grad()
+    def probe_rows(
+        self, student: nn.Module, teacher: nn.Module | None, batch: Any
+    ) -> tuple[ModelOutput, ModelOutput | None]:
+        """Student and teacher outputs in eval mode, to size a method's modules."""
+        student_rows = self.forward(student.eval(), batch)
+        return student_rows, None if teacher is None else self.forward(teacher, batch)
+
+
+class ClassificationTask(ImageRows):
     """The single-label task (CIFAR, digits, image folders): ``best.pt`` by test top-1.
 
     ``mixer``: mixup / CutMix of training batches (:class:`~ndkd.tasks.mixing.BatchMixer`);
@@ -118,9 +137,6 @@ class ClassificationTask:
             images = images.contiguous(memory_format=memory_format)
         indices = extra[0].to(device, non_blocking=True) if extra else None
         return Batch(images, labels, indices, weights)
-
-    def forward(self, model: nn.Module, batch: Batch) -> ModelOutput:
-        return model(batch.images)
 
     def step_losses(
         self,

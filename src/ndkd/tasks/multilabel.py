@@ -22,7 +22,7 @@ from ndkd.methods.base import FeatureSelector, StepOutputs
 from ndkd.models.output import ModelOutput
 from ndkd.progress import ProgressFn
 from ndkd.tasks.base import Autocast
-from ndkd.tasks.classification import fp32_output
+from ndkd.tasks.classification import ImageRows, fp32_output
 from ndkd.tasks.ranking import AP_DEFINITIONS, average_precision, threshold_metrics
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class MultiLabelMeter:
         return record
 
 
-class MultiLabelTask:
+class MultiLabelTask(ImageRows):
     """The multi-label task: ``best.pt`` by test mAP.
 
     Args:
@@ -131,9 +131,6 @@ class MultiLabelTask:
         targets = targets.to(device, non_blocking=True)
         indices = extra[0].to(device, non_blocking=True) if extra else None
         return Batch(images, targets, indices)
-
-    def forward(self, model: nn.Module, batch: Batch) -> ModelOutput:
-        return model(batch.images)
 
     def step_losses(
         self,

@@ -241,7 +241,7 @@ class RunConfig:
     task: Literal["classification", "multilabel", "detection"] = "classification"
     """The task the run trains: ``classification`` (one label per image) or ``multilabel``
     (a set of labels per image; needs a multi-label data set: voc2007, coco2014,
-    digit_canvas) or ``detection`` (boxes; coco, digit_boxes)."""
+    digit_canvas) or ``detection`` (boxes; coco, voc0712, digit_boxes)."""
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=ModelConfig)

@@ -53,6 +53,13 @@ CATALOG: dict[str, DatasetEntry] = {
             "detection",
         ),
         DatasetEntry(
+            "voc0712",
+            False,
+            "PASCAL VOC detection: VOC2007 + VOC2012 trainval for training, VOC2007 test for "
+            "evaluation (VOCdevkit/VOC2007, VOCdevkit/VOC2012), 20 classes",
+            "detection",
+        ),
+        DatasetEntry(
             "digit_boxes",
             True,
             "scikit-learn digits at random scales and places on noisy canvases, with boxes",

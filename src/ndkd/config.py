@@ -173,6 +173,11 @@ class TermConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 240
+    iterations: int = 0
+    """N > 0: train exactly N optimizer steps instead of ``epochs`` passes (the detection
+    schedules); ``milestones`` and ``lr_warmup_iterations`` then count steps, and
+    ``epochs`` is unused (the run makes as many passes as the budget takes, the last one
+    cut short; each epoch record holds its ``iteration``)."""
     batch_size: int = 128
     """Total batch over all processes."""
     lr: float = 0.1
@@ -202,6 +207,8 @@ class TrainConfig:
     gamma: float = 0.1
     lr_warmup_epochs: float = 0.0
     """Linear learning-rate warm-up from 0, counted in (fractional) epochs, per step."""
+    lr_warmup_iterations: int = 0
+    """With ``iterations``: the warm-up in optimizer steps (``lr_warmup_epochs`` must be 0)."""
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
@@ -679,6 +686,22 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(
             "train.nesterov: Nesterov needs train.momentum > 0 (found "
             f"{train.momentum}); set train.nesterov=false or a positive train.momentum"
+        )
+    for key, value in {
+        "train.iterations": train.iterations,
+        "train.lr_warmup_iterations": train.lr_warmup_iterations,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be non-negative, found {value}")
+    if train.iterations and train.lr_warmup_epochs:
+        raise ConfigError(
+            "train.lr_warmup_epochs: with train.iterations the warm-up counts steps; set "
+            "train.lr_warmup_iterations instead"
+        )
+    if train.lr_warmup_iterations and not train.iterations:
+        raise ConfigError(
+            "train.lr_warmup_iterations: counts steps of an iteration budget, but "
+            "train.iterations is 0; use train.lr_warmup_epochs"
         )
     if sorted(train.milestones) != train.milestones:
         raise ConfigError(f"train.milestones: must be increasing, found {train.milestones}")

@@ -68,11 +68,20 @@ class Run:
 
     @property
     def epochs_planned(self) -> int:
-        return self.config.train.epochs
+        """``train.epochs``; with an iteration budget, the passes it takes at the steps per
+        pass the run logged (its epoch records hold their ``iteration``)."""
+        budget = self.config.train.iterations
+        if not budget:
+            return self.config.train.epochs
+        first = int(self.history[0].get("iteration", 0)) if self.history else 0
+        return math.ceil(budget / first) if first else self.epochs_completed
 
     @property
     def complete(self) -> bool:
-        """Whether the run trained every epoch its config asks for."""
+        """Whether the run trained every epoch (or every step of the budget) it asks for."""
+        budget = self.config.train.iterations
+        if budget:
+            return bool(self.history) and int(self.history[-1].get("iteration", 0)) >= budget
         return self.epochs_completed >= self.epochs_planned
 
     def last(self, key: str) -> float | None:

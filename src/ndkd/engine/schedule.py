@@ -45,22 +45,40 @@ def lr_factor(
     raise ValueError(f"unknown schedule {schedule!r}; expected multistep or cosine")
 
 
+def planned_epochs(settings: LoopSettings, steps_per_epoch: int) -> tuple[int, int]:
+    """``(epochs, steps of the last epoch)``: ``settings.epochs`` whole passes, or with an
+    iteration budget (``settings.iterations`` > 0) as many passes as it takes, the last one
+    cut at the budget."""
+    if steps_per_epoch < 1:
+        raise ValueError("the training loader yields no batch")
+    if not settings.iterations:
+        return settings.epochs, steps_per_epoch
+    epochs = math.ceil(settings.iterations / steps_per_epoch)
+    return epochs, settings.iterations - (epochs - 1) * steps_per_epoch
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, settings: LoopSettings, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step :func:`lr_factor` schedule of ``settings`` over ``optimizer`` (built at
-    :func:`~ndkd.engine.optim.effective_lr`); the cosine floor is ``min_lr`` (absolute)."""
+    :func:`~ndkd.engine.optim.effective_lr`); the cosine floor is ``min_lr`` (absolute).
+    With an iteration budget the step is the unit: ``milestones`` and
+    ``lr_warmup_iterations`` count optimizer steps, the cosine spans ``iterations``."""
     min_factor = settings.min_lr / effective_lr(settings)
+    if settings.iterations:  # lr_factor with one "epoch" per step
+        per_epoch, length, warmup = 1, settings.iterations, settings.lr_warmup_iterations
+    else:
+        per_epoch, length, warmup = steps_per_epoch, settings.epochs, settings.lr_warmup_epochs
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_factor(
             step,
-            steps_per_epoch,
-            epochs=settings.epochs,
+            per_epoch,
+            epochs=length,
             schedule=settings.schedule,
             milestones=settings.milestones,
             gamma=settings.gamma,
-            warmup_epochs=settings.lr_warmup_epochs,
+            warmup_epochs=warmup,
             min_factor=min_factor,
         ),
     )

@@ -11,6 +11,7 @@ class LoopSettings(Protocol):
     ``ndkd.config.TrainConfig`` for what each means."""
 
     epochs: int
+    iterations: int
     batch_size: int
     lr: float
     lr_reference_batch: int
@@ -27,6 +28,7 @@ class LoopSettings(Protocol):
     milestones: Sequence[int]
     gamma: float
     lr_warmup_epochs: float
+    lr_warmup_iterations: int
     amp: str
     channels_last: bool
     compile: bool

@@ -22,7 +22,7 @@ from ndkd.engine.ema import ModelEma
 from ndkd.engine.epoch_totals import EpochTotals, NonFiniteLossError
 from ndkd.engine.metrics import MetricsLog
 from ndkd.engine.optim import build_optimizer, trained_parameters
-from ndkd.engine.schedule import build_scheduler
+from ndkd.engine.schedule import build_scheduler, planned_epochs
 from ndkd.engine.settings import LoopSettings
 from ndkd.engine.stop_signals import RunInterrupted, StopSignals
 from ndkd.models.fold import fold_batchnorm
@@ -156,6 +156,7 @@ class Trainer:
         self.step_module = torch.compile(step_module) if settings.compile else step_module
         self.optimizer = build_optimizer((student, method), settings)
         self.scheduler = build_scheduler(self.optimizer, settings, len(train_loader))
+        self.epochs, self._final_steps = planned_epochs(settings, len(train_loader))
         self._trained = trained_parameters(self.optimizer)
         self.ema = ModelEma(student, settings.ema_decay) if settings.ema_decay > 0 else None
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.amp)
@@ -246,7 +247,7 @@ class Trainer:
     def _fit(self) -> list[dict[str, Any]]:
         metrics = MetricsLog(self.run_dir / METRICS)
         primary = self.task.primary_metric
-        epochs = self.settings.epochs
+        epochs = self.epochs
         for epoch in range(self.start_epoch, epochs):
             record = self._train_epoch(epoch)
             broadcast_buffers(self.student)
@@ -265,7 +266,7 @@ class Trainer:
             barrier()
             self._saved_at = (epoch + 1, 0)
             if self.progress is not None:
-                steps = len(self.train_loader)
+                steps = self._steps_in(epoch)
                 self.progress(Progress("train", steps, steps, epoch + 1, epochs, record=record))
             if epoch + 1 < epochs and self._stop_requested(sync_point=True):
                 raise self._interrupted(f"at the end of epoch {epoch + 1}")
@@ -275,7 +276,7 @@ class Trainer:
         self.student.train()
         self.method.train()
         self.train_loader.set_epoch(epoch)
-        steps = len(self.train_loader)
+        steps = self._steps_in(epoch)
         first = self.start_step if epoch == self.start_epoch else 0
         totals = EpochTotals(
             self.task.train_meter(self.device, self.teacher is not None),
@@ -286,6 +287,8 @@ class Trainer:
             totals.load_state_dict(self._resumed_totals)
             self.train_loader.start_at(first)
         for step, raw in enumerate(self.train_loader, start=first):
+            if step == steps:  # the last epoch of an iteration budget ends early
+                break
             batch = self.task.to_device(raw, self.device, self.memory_format, train=True)
             teacher_out = None
             if self.teacher_forward is not None:
@@ -299,7 +302,14 @@ class Trainer:
             if step + 1 < steps:
                 self._between_steps(epoch, step + 1, steps, totals)
         self._check_finite(totals, epoch)
-        return totals.record(epoch, steps, self.dist.world_size)
+        record = totals.record(epoch, steps, self.dist.world_size)
+        if self.settings.iterations:
+            record["iteration"] = epoch * len(self.train_loader) + steps
+        return record
+
+    def _steps_in(self, epoch: int) -> int:
+        """Optimizer steps of ``epoch``: a whole pass, or what the iteration budget leaves."""
+        return self._final_steps if epoch + 1 == self.epochs else len(self.train_loader)
 
     def _optimizer_step(self, total: torch.Tensor) -> None:
         """Backward, gradient-norm clipping when on, step, schedule, EMA update."""
@@ -322,7 +332,7 @@ class Trainer:
         if report:
             self._check_finite(totals, epoch)
             means = totals.means(done)
-            self.progress(Progress("train", done, steps, epoch + 1, self.settings.epochs, means))
+            self.progress(Progress("train", done, steps, epoch + 1, self.epochs, means))
         sync_point = not self.dist.enabled or (self.sync_every > 0 and done % self.sync_every == 0)
         stop = self._stop_requested(sync_point)
         if stop or self._checkpoint_due(done, sync_point):

@@ -168,3 +168,23 @@ def test_seed_placeholder_in_checkpoint_paths(tmp_path):
     )
     assert config.student.checkpoint == "runs/stage1/seed7/last.pt"
     assert config.teacher.checkpoint == "t.pth" and config.output_dir == "runs/x/seed7"
+
+
+def test_builder_options_reach_the_builder_or_are_refused(tmp_path):
+    import torch
+
+    from ndkd.experiment.models import build_model
+
+    cpu = torch.device("cpu")
+    config = load_config(write(tmp_path, BASE), ["student.options={dropout: 0.3}"])
+    with pytest.raises(ValueError, match="resnet8: zoo models take no options"):
+        build_model(config.student, "student", 10, 1, cpu)
+    clash = load_config(write(tmp_path, BASE), ["student.options={pool: max}"])
+    with pytest.raises(ValueError, match="student.options.pool: set by its own config key"):
+        build_model(clash.student, "student", 10, 1, cpu)
+    mobile = load_config(
+        write(tmp_path, BASE),
+        ["student.arch=torchvision:mobilenet_v2", "student.options={dropout: 0.3}"],
+    )
+    model = build_model(mobile.student, "student", 10, 1, cpu)
+    assert model.classifier[0].p == 0.3

@@ -144,6 +144,9 @@ class ModelConfig:
     embedding_dim: int = 0
     """``torchvision:`` models: N > 0 inserts a ``Linear(D, N)`` between the pooled feature
     and the classifier (LSHFM's ``feat_fc``): the embedding is its output. 0: none."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the model's builder (torchvision's, timm's, or a detector's such
+    as ``box_batch_size_per_image``); one the builder does not take is refused."""
 
 
 @dataclass

@@ -35,14 +35,22 @@ def build_model(
                 raise ValueError(
                     f"{role}.{key}: an option of {source} models, not of {spec.arch!r}"
                 )
-    options: dict[str, Any] = {"drop_path_rate": spec.drop_path} if spec.drop_path else {}
+    clash = sorted({"drop_path_rate", "pool", "embedding_dim", "num_classes"} & set(spec.options))
+    if clash:
+        raise ValueError(f"{role}.options.{clash[0]}: set by its own config key, not an option")
+    options: dict[str, Any] = dict(spec.options)
+    if spec.drop_path:
+        options["drop_path_rate"] = spec.drop_path
     if spec.pool:
         options["pool"] = spec.pool
     if spec.embedding_dim:
         options["embedding_dim"] = spec.embedding_dim
-    model = create_model(
-        spec.arch, num_classes, in_channels=in_channels, pretrained=spec.pretrained, **options
-    )
+    try:
+        model = create_model(
+            spec.arch, num_classes, in_channels=in_channels, pretrained=spec.pretrained, **options
+        )
+    except TypeError as error:  # a builder that does not take an option
+        raise ValueError(f"{role}.options: {error}") from None
     if spec.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if spec.checkpoint:

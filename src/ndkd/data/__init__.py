@@ -1,6 +1,6 @@
 """Datasets (CIFAR-10/100 pickle folders, image folders, scikit-learn digits, the
-multi-label VOC2007, COCO2014 and digit canvases, the detection sets COCO 2017 and digit
-boxes), fast batched augmentation and loaders."""
+multi-label VOC2007, COCO2014 and digit canvases, the detection sets COCO 2017, VOC
+2007 + 2012 and digit boxes), fast batched augmentation and loaders."""
 
 from ndkd.data.augment import (
     CIFAR10_MEAN,
@@ -36,6 +36,7 @@ from ndkd.data.multilabel import MultiLabelDataset, MultiLabelSplits, SquareTran
 from ndkd.data.sources import Splits, load_splits, probe_detection
 from ndkd.data.streaming import IMAGENET_MEAN, IMAGENET_STD, SeededDataset, StreamingDataset
 from ndkd.data.voc import VOC_CLASSES, read_voc2007
+from ndkd.data.voc_detection import read_voc0712
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -78,5 +79,6 @@ __all__ = [
     "read_digit_pairs",
     "read_digits",
     "read_image_folders",
+    "read_voc0712",
     "read_voc2007",
 ]

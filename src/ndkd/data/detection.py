@@ -93,8 +93,10 @@ class GroundTruth:
     """A split's ground truth in COCO's annotation format, as arrays: ``N`` images
     (``image_ids``, ``image_sizes`` ``[N, 2]`` as width, height) and ``M`` annotations
     (``annotation_ids``, the ``annotation_images`` and ``annotation_categories`` ids they
-    have, ``bboxes`` ``[M, 4]`` as x, y, width, height, ``areas``, ``crowd`` flags), and the
-    ``(id, name)`` categories."""
+    have, ``bboxes`` ``[M, 4]`` as x, y, width, height, ``areas``, ``crowd`` flags), the
+    ``(id, name)`` categories and, where the set has them, ``difficult`` flags ``[M]``
+    (written as each annotation's ``difficult``: the VOC 2007 metric ignores those boxes,
+    COCO's evaluation reads only ``iscrowd``)."""
 
     image_ids: np.ndarray
     image_sizes: np.ndarray
@@ -105,13 +107,19 @@ class GroundTruth:
     areas: np.ndarray
     crowd: np.ndarray
     categories: list[tuple[int, str]]
+    difficult: np.ndarray | None = None
 
     @classmethod
     def of_table(
-        cls, table: BoxTable, image_sizes: np.ndarray, categories: list[tuple[int, str]]
+        cls,
+        table: BoxTable,
+        image_sizes: np.ndarray,
+        categories: list[tuple[int, str]],
+        difficult: np.ndarray | None = None,
     ) -> GroundTruth:
         """The ground truth of ``table``'s boxes: category id = label, annotation ids
-        ``1..M``, areas of the boxes, no crowds."""
+        ``1..M``, areas of the boxes, no crowds; ``difficult``: flags of the boxes in the
+        table's order."""
         corners = table.boxes.astype(np.float64)
         bboxes = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
         boxes = len(table.labels)
@@ -125,11 +133,13 @@ class GroundTruth:
             bboxes[:, 2] * bboxes[:, 3],
             np.zeros(boxes, dtype=np.int64),
             categories,
+            difficult,
         )
 
     def coco(self) -> dict[str, list[dict[str, Any]]]:
         """A fresh COCO-format dict (``images``, ``annotations``, ``categories``) for
-        ``pycocotools.coco.COCO`` (set ``dataset``, call ``createIndex()``)."""
+        ``pycocotools.coco.COCO`` (set ``dataset``, call ``createIndex()``); annotations
+        carry ``difficult`` (0 or 1) where the ground truth has the flags."""
         images = [
             {"id": image, "width": width, "height": height}
             for image, (width, height) in zip(self.image_ids.tolist(), self.image_sizes.tolist())
@@ -145,6 +155,9 @@ class GroundTruth:
                 self.crowd.tolist(),
             )
         ]
+        if self.difficult is not None:
+            for annotation, flag in zip(annotations, self.difficult.tolist()):
+                annotation["difficult"] = int(flag)
         categories = [{"id": id_, "name": name} for id_, name in self.categories]
         return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -272,8 +285,11 @@ class DetectionSplits:
     ``classes[l]``); ``category_ids[l]``: the ground truth's category id of label ``l``
     (``category_ids[0]``, 0, is unused); ``truth``: the evaluation split's ground truth;
     ``images_left_out``: training images dropped for having no box; ``boxes_left_out``:
-    annotations per split (``"train"``, ``"test"``) not in the targets (crowds, boxes
-    without area); ``standard``: the standard ``(train, test)`` sizes, if the set has them.
+    annotations per split (``"train"``, ``"test"``) not in the targets (crowds, difficult
+    objects, boxes without area); ``standard``: the standard ``(train, test)`` sizes, if the
+    set has them; ``metric``: the evaluation the set is reported with, ``"coco"`` (COCO AP)
+    or ``"voc07"`` (VOC 2007 11-point mAP), for the detection task; ``notes``: set-specific
+    facts :meth:`describe` adds (e.g. how image ids are made).
     """
 
     classes: list[str]
@@ -285,6 +301,8 @@ class DetectionSplits:
     boxes_left_out: dict[str, int] = field(default_factory=lambda: {"train": 0, "test": 0})
     standard: tuple[int, int] | None = None
     in_channels: int = 3
+    metric: str = "coco"
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.classes[:1] != [BACKGROUND] or len(self.category_ids) != len(self.classes):
@@ -309,8 +327,9 @@ class DetectionSplits:
         return self.truth.coco()
 
     def describe(self, name: str) -> dict[str, Any]:
-        """Classes, split sizes, boxes and what was left out (stored in the run folder);
-        with standard sizes also those and ``standard_size``."""
+        """Classes, split sizes, boxes, what was left out and the metric (stored in the run
+        folder), then the :attr:`notes`; with standard sizes also those and
+        ``standard_size``."""
         facts: dict[str, Any] = {
             "name": name,
             "num_classes": self.num_classes,
@@ -322,6 +341,8 @@ class DetectionSplits:
             "train_boxes_left_out": self.boxes_left_out["train"],
             "test_boxes_left_out": self.boxes_left_out["test"],
             "classes": list(self.classes),
+            "metric": self.metric,
+            **self.notes,
         }
         if self.standard is not None:
             facts["standard_train_samples"], facts["standard_test_samples"] = self.standard

@@ -9,9 +9,10 @@ workers). Both loaders shuffle epoch ``e`` with seed ``seed + e`` as ``Distribut
 does, augment a sample as a function of ``(seed, e, index)`` only, and can start an epoch at
 any batch (a mid-epoch resume). Multi-label sets (``voc2007``, ``coco2014``,
 ``digit_canvas``) come as :class:`~ndkd.data.multilabel.MultiLabelSplits` with ``[N, C]``
-targets; detection sets (``coco``, ``digit_boxes``) as
-:class:`~ndkd.data.detection.DetectionSplits`, whose samples are ``(image, target dict)``
-batched into tuples (:func:`~ndkd.data.detection.collate_detection`).
+targets; detection sets (``coco``, ``voc0712``, ``digit_boxes``) as
+:class:`~ndkd.data.detection.DetectionSplits` (with the ``metric`` they are reported with),
+whose samples are ``(image, target dict)`` batched into tuples
+(:func:`~ndkd.data.detection.collate_detection`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ndkd.data.loader import InMemoryLoader
 from ndkd.data.multilabel import MultiLabelSplits
 from ndkd.data.streaming import SeededDataset, TrainLoader, eval_loader
 from ndkd.data.voc import read_voc2007
+from ndkd.data.voc_detection import read_voc0712
 
 
 @dataclass
@@ -128,6 +130,8 @@ def load_splits(
         return read_coco2014(folder, image_size)
     if name == "coco":
         return read_coco(folder)
+    if name == "voc0712":
+        return read_voc0712(folder)
     return Splits(
         build_dataset(name, folder, "train", cifar_transform(name, train=True)),
         build_dataset(name, folder, "test", cifar_transform(name, train=False)),

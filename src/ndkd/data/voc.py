@@ -14,7 +14,9 @@ import logging
 import os
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -48,11 +50,14 @@ VOC_CLASSES = [
 VOC2007_TRAINVAL_SAMPLES, VOC2007_TEST_SAMPLES = 5011, 4952
 _PARTS = ("JPEGImages", "Annotations", "ImageSets/Main")
 _INDEX = {name: index for index, name in enumerate(VOC_CLASSES)}
+T = TypeVar("T")
 
 
-def _voc_folder(root: Path) -> Path:
-    """The ``VOC2007`` folder: ``root/VOCdevkit/VOC2007``, ``root/VOC2007`` or ``root``."""
-    candidates = (root / "VOCdevkit" / "VOC2007", root / "VOC2007", root)
+def voc_folder(root: Path, year: str, *, bare: bool = False) -> Path:
+    """The ``VOC<year>`` folder (with ``JPEGImages/``, ``Annotations/`` and
+    ``ImageSets/Main/``): ``root/VOCdevkit/VOC<year>``, ``root/VOC<year>`` or, if ``bare``,
+    ``root`` itself."""
+    candidates = [root / "VOCdevkit" / f"VOC{year}", root / f"VOC{year}", *([root] if bare else [])]
     expected = ", ".join(f"{part}/" for part in _PARTS)
     for folder in candidates:
         found = [(folder / part).is_dir() for part in _PARTS]
@@ -62,52 +67,85 @@ def _voc_folder(root: Path) -> Path:
             missing = ", ".join(f"{p}/" for p, f in zip(_PARTS, found) if not f)
             raise FileNotFoundError(f"{folder} holds no {missing}: expected {expected}")
     raise FileNotFoundError(
-        f"no VOC2007 folder in {root}: expected {expected} in one of "
+        f"no VOC{year} folder in {root}: expected {expected} in one of "
         + ", ".join(str(folder) for folder in candidates)
     )
 
 
-def _objects(xml: Path) -> list[tuple[int, bool]]:
-    """``(class index, difficult)`` of every object of annotation file ``xml``."""
-    try:
-        tree = ET.parse(xml)
-    except ET.ParseError as error:
-        raise ValueError(f"{xml}: malformed XML ({error})") from None
-    objects = []
-    for item in tree.getroot().findall("object"):
-        name = (item.findtext("name") or "").strip()
-        if name not in _INDEX:
-            raise ValueError(
-                f"{xml}: unknown class {name!r}; expected one of the 20 VOC classes: "
-                + ", ".join(VOC_CLASSES)
-            )
-        difficult = (item.findtext("difficult") or "0").strip()
-        if difficult not in ("0", "1"):
-            raise ValueError(f"{xml}: object {name!r} has difficult={difficult!r}; expected 0 or 1")
-        objects.append((_INDEX[name], difficult == "1"))
-    return objects
+def read_image_set(folder: Path, image_set: str) -> tuple[Path, list[str]]:
+    """The image list ``ImageSets/Main/<image_set>.txt`` of VOC folder ``folder`` and the
+    image ids it lists.
 
-
-def _read_split(folder: Path, image_set: str) -> tuple[LabelledFiles, int]:
-    """The labelled images of ``ImageSets/Main/<image_set>.txt`` and how many were dropped
-    for having no object."""
+    Raises:
+        FileNotFoundError: the list is missing (named).
+    """
     listing = folder / "ImageSets" / "Main" / f"{image_set}.txt"
     try:
         ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{listing} is missing: expected the VOC2007 {image_set} image list"
+            f"{listing} is missing: expected the VOC {image_set} image list"
         ) from None
-    found = []  # (row, class index, difficult) of every object
-    for row, image in enumerate(ids):
+    return listing, ids
+
+
+def read_annotations(
+    folder: Path, listing: Path, ids: list[str], read: Callable[[Path, ET.Element], T]
+) -> list[T]:
+    """``read(xml, root element)`` of the annotation file ``Annotations/<id>.xml`` of VOC
+    folder ``folder`` of each image id of image list ``listing``.
+
+    Raises:
+        FileNotFoundError: an annotation file is missing (named).
+        ValueError: malformed XML (file named).
+    """
+    annotations = []
+    for image in ids:
         xml = folder / "Annotations" / f"{image}.xml"
         try:
-            objects = _objects(xml)
+            tree = ET.parse(xml)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{xml} is missing: {listing} lists image {image!r}, expected its annotation"
             ) from None
-        found += [(row, index, hard) for index, hard in objects]
+        except ET.ParseError as error:
+            raise ValueError(f"{xml}: malformed XML ({error})") from None
+        annotations.append(read(xml, tree.getroot()))
+    return annotations
+
+
+def object_class(xml: Path, item: ET.Element) -> tuple[int, bool]:
+    """``(class index in VOC_CLASSES, difficult)`` of ``<object>`` ``item`` of annotation
+    file ``xml`` (no ``<difficult>`` tag: not difficult).
+
+    Raises:
+        ValueError: an unknown class name or a difficult flag other than 0 or 1.
+    """
+    name = (item.findtext("name") or "").strip()
+    if name not in _INDEX:
+        raise ValueError(
+            f"{xml}: unknown class {name!r}; expected one of the 20 VOC classes: "
+            + ", ".join(VOC_CLASSES)
+        )
+    difficult = (item.findtext("difficult") or "0").strip()
+    if difficult not in ("0", "1"):
+        raise ValueError(f"{xml}: object {name!r} has difficult={difficult!r}; expected 0 or 1")
+    return _INDEX[name], difficult == "1"
+
+
+def _objects(xml: Path, annotation: ET.Element) -> list[tuple[int, bool]]:
+    """``(class index, difficult)`` of every object of annotation file ``xml``."""
+    return [object_class(xml, item) for item in annotation.findall("object")]
+
+
+def _read_split(folder: Path, image_set: str) -> tuple[LabelledFiles, int]:
+    """The labelled images of ``ImageSets/Main/<image_set>.txt`` and how many were dropped
+    for having no object."""
+    listing, ids = read_image_set(folder, image_set)
+    annotations = read_annotations(folder, listing, ids, _objects)
+    found = [  # (row, class index, difficult) of every object
+        (row, index, hard) for row, objects in enumerate(annotations) for index, hard in objects
+    ]
     rows, classes, hard = np.array(found, dtype=np.int64).reshape(-1, 3).T
     hard = hard.astype(bool)
     present = np.zeros((len(ids), len(VOC_CLASSES)), dtype=bool)
@@ -141,7 +179,7 @@ def read_voc2007(root: str | os.PathLike[str], image_size: int = 448) -> MultiLa
     if not root.is_dir():
         raise FileNotFoundError(f"VOC2007 root {str(root)!r} is not a folder")
     start = time.perf_counter()
-    folder = _voc_folder(root)
+    folder = voc_folder(root, "2007", bare=True)
     (train, train_dropped), (test, test_dropped) = (
         _read_split(folder, image_set) for image_set in ("trainval", "test")
     )

@@ -54,6 +54,7 @@ def run_task(config: RunConfig, splits: Any, training: bool = True) -> Task:
             train_sizes=list(data.train_sizes),
             test_size=data.test_size,
             max_size=data.max_size,
+            metric=splits.metric,
         )
     mixer = batch_mixer(config, splits.num_classes) if training else None
     return build_task(config.task, mixer=mixer)

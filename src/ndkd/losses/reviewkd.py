@@ -22,8 +22,9 @@ def hcl_loss(
     adaptive average pools has weights 1/2, 1/4, 1/8 for the levels ``l`` = 4, 2, 1 that are
     smaller than ``H`` (the weight halves per level used); the pair's loss is the weighted
     sum divided by the sum of the weights used. Each MSE is the mean over all its elements
-    (``B * C * l * l``), so the result is a batch mean; pairs are summed, as in the public
-    code. The teacher maps are constants.
+    (``B * C * l * l``), so the result is a batch mean (over images for a detector's FPN
+    maps); pairs are summed, as in the public CIFAR, ImageNet and Detection code. The teacher
+    maps are constants.
     """
     if len(student_feats) != len(teacher_feats) or not student_feats:
         raise ValueError(

@@ -1,5 +1,6 @@
 """The one model factory: the ndkd zoo (plain names), ``torchvision:NAME``, ``timm:NAME`` and
-the Faster R-CNN detectors (``fasterrcnn_<backbone>_fpn``)."""
+the Faster R-CNN and RetinaNet detectors (``fasterrcnn_<backbone>_fpn``,
+``retinanet_<backbone>_fpn``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ _MODELS: dict[str, Callable[[int], ZooModel]] = {
 _IMAGENET_MODELS: dict[str, Callable[[int], ZooModel]] = {"mobilenet_v1": MobileNetV1}
 _ZOO = {**_MODELS, **_IMAGENET_MODELS}
 SOURCES = ("torchvision", "timm")
+_DETECTORS = ("fasterrcnn_", "retinanet_")
 
 
 def list_models(source: str = "cifar") -> list[str]:
@@ -41,7 +43,8 @@ def list_models(source: str = "cifar") -> list[str]:
     ``"cifar"``: the CIFAR zoo, in zoo order; ``"imagenet"``: ndkd's own ImageNet models
     (``mobilenet_v1``); ``"torchvision"``/``"timm"``: that library's classifiers, prefixed
     (``"torchvision:resnet18"``, ``"timm:vit_small_patch16_224"``); ``"detection"``: the Faster
-    R-CNN detectors (``"fasterrcnn_resnet50_fpn"``, :mod:`ndkd.models.detection`).
+    R-CNN and RetinaNet detectors (``"fasterrcnn_resnet50_fpn"``,
+    ``"retinanet_resnet50_fpn"``, :mod:`ndkd.models.detection`).
     """
     if source == "cifar":
         return list(_MODELS)
@@ -98,7 +101,7 @@ def create_model(
     if in_channels < 1:
         raise ValueError(f"in_channels must be positive, got {in_channels}")
     source, _, arch = name.rpartition(":")
-    if not source and name.startswith("fasterrcnn_"):
+    if not source and name.startswith(_DETECTORS):
         from ndkd.models.detection import create_detector
 
         return create_detector(name, num_classes, in_channels, pretrained, **options)

@@ -1,13 +1,28 @@
-"""Object detection with torchvision's Faster R-CNN (:mod:`ndkd.models.detection`): the loss
-rows are RoIs, so every term that reads ``StepOutputs`` distils detectors unchanged.
+"""Object detection with torchvision's Faster R-CNN or RetinaNet (:mod:`ndkd.models.detection`):
+the loss rows are RoIs or feature-map positions, so every term that reads ``StepOutputs``'
+embeddings (and logits) distils detectors unchanged.
 
-A training step samples the student's RoIs as torchvision does (its RPN's proposals plus the
-ground-truth boxes, 512 per image, a quarter positive at most) and runs them through the
-student's box head and, under ``torch.no_grad()``, the teacher's: the rows are those RoIs,
-``embedding`` the box-head feature (1024-d), ``logits`` the ``C + 1`` RoI class logits
-(background 0), ``labels`` each RoI's assigned class (0: background). The detector's own
-losses are added unweighted as ``det_objectness``, ``det_rpn_box_reg``, ``det_classifier``
-and ``det_box_reg``. Evaluation is COCO's AP (pycocotools) or VOC 2007's 11-point mAP
+Faster R-CNN: a training step samples the student's RoIs as torchvision does (its RPN's
+proposals plus the ground-truth boxes, 512 per image, a quarter positive at most) and runs
+them through the student's box head and, under ``torch.no_grad()``, the teacher's: the rows
+are those RoIs, ``embedding`` the box-head feature (1024-d), ``logits`` the ``C + 1`` RoI class
+logits (background 0), ``labels`` each RoI's assigned class (0: background). Its losses are
+added unweighted as ``det_objectness``, ``det_rpn_box_reg``, ``det_classifier`` and
+``det_box_reg``.
+
+RetinaNet (as LSHFM's RetinaNet distillation): the rows are the positions of every FPN level
+where at least one of the student's anchors is foreground or background
+(:class:`~ndkd.models.detection.Positions`), ``embedding`` the 3 x 3 patch of the
+classification tower's output there (2304-d) of the student and of the teacher at the same
+positions, ``logits`` the A x K anchor logits there (sigmoid, anchor-major; a softmax term
+such as ``kd`` would treat them as one distribution, which they are not), ``labels``
+``[rows, A]`` each anchor's assigned class (0: background, -1: ignored). A row has no class,
+so the terms that read one class label per row (``reads_class_labels``) and class means are
+refused. Its losses: ``det_classification`` (focal) and ``det_bbox_regression``. LSHFM's code
+averages its feature loss per image, then over images; here the terms average over all the
+batch's rows.
+
+Evaluation is COCO's AP (pycocotools) or VOC 2007's 11-point mAP
 (:mod:`ndkd.tasks.voc_detection_map`).
 
 Loader batches are ``(images, targets)``: tuples of ``float32`` ``[3, H, W]`` images in
@@ -40,11 +55,11 @@ from ndkd.centers import ClassMeans, class_means
 from ndkd.collective import all_gather_rows, all_reduce_sum
 from ndkd.methods.base import FeatureSelector, StepOutputs
 from ndkd.models.detection import (
-    RoIs,
+    Rows,
     backbone_features,
     detect,
-    roi_outputs,
-    training_rois,
+    row_type,
+    training_rows,
     training_sampling,
 )
 from ndkd.models.output import ModelOutput
@@ -87,56 +102,63 @@ class Batch:
 
 
 @dataclass
-class StudentRoIs:
-    """The student's forward: its detector ``losses`` (torchvision's names), its sampled
-    :class:`~ndkd.models.detection.RoIs`, and once :meth:`DetectionTask.step_losses` ran with
-    a teacher, the teacher's rows for those RoIs."""
+class StudentRows:
+    """The student's forward: its detector ``losses`` (torchvision's names), its rows
+    (:class:`~ndkd.models.detection.RoIs` or :class:`~ndkd.models.detection.Positions`), and
+    once :meth:`DetectionTask.step_losses` ran with a teacher, the teacher's rows for them."""
 
     losses: dict[str, torch.Tensor]
-    rois: RoIs
+    rows: Rows
     teacher: ModelOutput | None = None
 
 
 @dataclass
 class TeacherFeatures:
     """The frozen teacher's forward: its FPN maps of the batch, and the model, whose box
-    head :meth:`DetectionTask.step_losses` runs on the student's RoIs."""
+    head (classification subnet) :meth:`DetectionTask.step_losses` runs on the student's
+    RoIs (positions)."""
 
     model: nn.Module
     features: OrderedDict[str, torch.Tensor]
 
 
-class RoIMeter:
-    """Training RoI classification accuracy of the student (% of its sampled RoIs, the
-    background ones included) and the mean RoI embedding norms of student and teacher."""
+class RowMeter:
+    """The mean row embedding norms of student and teacher and, for RoI rows, the student's
+    training RoI classification accuracy (% of its sampled RoIs, the background ones
+    included; absent for RetinaNet's rows, which have no class)."""
 
     def __init__(self, device: torch.device, with_teacher: bool) -> None:
         self.with_teacher = with_teacher
-        # images, RoIs, correct RoIs, |s|, |t|
-        self.sums = torch.zeros(5, dtype=torch.float64, device=device)
+        # images, rows, rows with a class, correctly classified rows, |s|, |t|
+        self.sums = torch.zeros(6, dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update(
-        self, student_out: StudentRoIs, teacher_out: TeacherFeatures | None, batch: Batch
+        self, student_out: StudentRows, teacher_out: TeacherFeatures | None, batch: Batch
     ) -> None:
-        rows, labels = student_out.rois.output, student_out.rois.labels
+        rows = student_out.rows
+        output = rows.output
         self.sums[0] += len(batch.images.image_sizes)
-        self.sums[1] += labels.shape[0]
-        self.sums[2] += (rows.logits.argmax(dim=1) == labels).sum()
-        self.sums[3] += torch.linalg.vector_norm(rows.embedding.float(), dim=1).sum()
+        self.sums[1] += output.embedding.shape[0]
+        if rows.has_classes:
+            self.sums[2] += rows.labels.shape[0]
+            self.sums[3] += (output.logits.argmax(dim=1) == rows.labels).sum()
+        self.sums[4] += torch.linalg.vector_norm(output.embedding.float(), dim=1).sum()
         if student_out.teacher is not None:
             teacher = student_out.teacher.embedding.float()
-            self.sums[4] += torch.linalg.vector_norm(teacher, dim=1).sum()
+            self.sums[5] += torch.linalg.vector_norm(teacher, dim=1).sum()
 
     def totals(self) -> torch.Tensor:
         return self.sums
 
     def summarize(self, totals: list[float]) -> dict[str, float]:
-        _, rois, correct, s_norm, t_norm = totals
-        rois = max(rois, 1.0)
-        record = {"train_roi_accuracy": 100.0 * correct / rois, "student_emb_norm": s_norm / rois}
+        _, rows, classified, correct, s_norm, t_norm = totals
+        rows = max(rows, 1.0)
+        record = {"student_emb_norm": s_norm / rows}
+        if classified:
+            record["train_roi_accuracy"] = 100.0 * correct / classified
         if self.with_teacher:
-            record["teacher_emb_norm"] = t_norm / rois
+            record["teacher_emb_norm"] = t_norm / rows
         return record
 
 
@@ -219,59 +241,70 @@ class DetectionTask:
             image_list = ImageList(tensors, image_list.image_sizes)
         return Batch(image_list, targets, original_sizes)
 
-    def forward(self, model: nn.Module, batch: Batch) -> StudentRoIs | TeacherFeatures:
-        """A model in training mode (the student): its training forward on its sampled RoIs;
-        in eval mode (the frozen teacher): its FPN maps, for :meth:`step_losses`."""
+    def forward(self, model: nn.Module, batch: Batch) -> StudentRows | TeacherFeatures:
+        """A model in training mode (the student): its training forward and rows; in eval
+        mode (the frozen teacher): its FPN maps, for :meth:`step_losses`."""
         if model.training:
-            return StudentRoIs(*training_rois(model, batch.images, batch.targets))
+            return StudentRows(*training_rows(model, batch.images, batch.targets))
         return TeacherFeatures(model, backbone_features(model, batch.images))
 
     def step_losses(
         self,
         method: nn.Module,
-        student_out: StudentRoIs,
+        student_out: StudentRows,
         teacher_out: TeacherFeatures | None,
         batch: Batch,
         epoch: int,
     ) -> dict[str, torch.Tensor]:
-        """The terms on the student's sampled RoIs (float32 rows; the teacher's box head on
-        the same RoIs, stored in ``student_out.teacher`` for the meter), plus the detector's
-        losses as ``det_<name>`` (unweighted; torchvision's names without ``loss_``)."""
-        rois = student_out.rois
+        """The terms on the student's rows (float32; the teacher's rows for the same RoIs or
+        positions, stored in ``student_out.teacher`` for the meter), plus the detector's
+        losses as ``det_<name>`` (unweighted; torchvision's names without ``loss_``).
+
+        Raises:
+            ValueError: a term of ``method`` reads one class label per row and the rows
+                have none (RetinaNet's).
+        """
+        rows = student_out.rows
+        if not rows.has_classes:
+            _refuse_class_readers(method)
         if teacher_out is not None:
-            student_out.teacher = teacher_rows(teacher_out, rois.proposals, batch.images)
-        rows = StepOutputs(fp32_output(rois.output), fp32_output(student_out.teacher), rois.labels)
-        losses = method(rows, epoch)
+            student_out.teacher = teacher_rows(teacher_out, rows, batch.images)
+        outputs = StepOutputs(
+            fp32_output(rows.output), fp32_output(student_out.teacher), rows.labels
+        )
+        losses = method(outputs, epoch)
         for name, value in student_out.losses.items():
             losses[f"det_{name.removeprefix('loss_')}"] = value
         return losses
 
-    def train_meter(self, device: torch.device, with_teacher: bool) -> RoIMeter:
-        return RoIMeter(device, with_teacher)
+    def train_meter(self, device: torch.device, with_teacher: bool) -> RowMeter:
+        return RowMeter(device, with_teacher)
 
     def feature_rows(self, model: nn.Module, batch: Batch) -> ModelOutput:
-        """``model``'s rows on ``batch``: its box-head outputs on its own sampled RoIs."""
-        return self.sampled_rows(model, batch)[0]
+        """``model``'s rows on ``batch``: its outputs on its own sampled RoIs (positions)."""
+        return self.sampled_rows(model, batch).output
 
-    def sampled_rows(self, model: nn.Module, batch: Batch) -> tuple[ModelOutput, torch.Tensor]:
-        """``model``'s rows and labels on its own sampled RoIs, without gradients and
-        without touching its BatchNorm statistics
+    def sampled_rows(self, model: nn.Module, batch: Batch) -> Rows:
+        """``model``'s rows on its own sampled RoIs (RetinaNet: on the positions its own
+        anchors select), without gradients and without touching its BatchNorm statistics
         (:func:`~ndkd.models.detection.training_sampling`)."""
         with torch.no_grad(), training_sampling(model):
-            _, rois = training_rois(model, batch.images, batch.targets)
-        return rois.output, rois.labels
+            return training_rows(model, batch.images, batch.targets)[1]
 
     @torch.no_grad()
     def probe_rows(
         self, student: nn.Module, teacher: nn.Module | None, batch: Batch
     ) -> tuple[ModelOutput, ModelOutput | None]:
-        """What the terms are sized from: the student's rows on its sampled RoIs
-        (:meth:`sampled_rows`) and the teacher's (eval mode) on the same RoIs."""
-        with training_sampling(student):
-            _, rois = training_rois(student, batch.images, batch.targets)
+        """What the terms are sized from: the student's rows (:meth:`sampled_rows`) and the
+        teacher's (eval mode) for the same RoIs or positions.
+
+        Raises:
+            ValueError: student and teacher are different kinds of detector.
+        """
+        rows = self.sampled_rows(student, batch)
         if teacher is None:
-            return rois.output, None
-        return rois.output, teacher_rows(self.forward(teacher, batch), rois.proposals, batch.images)
+            return rows.output, None
+        return rows.output, teacher_rows(self.forward(teacher, batch), rows, batch.images)
 
     @torch.no_grad()
     def evaluate(
@@ -366,7 +399,8 @@ class DetectionTask:
         feature: FeatureSelector | None = None,
     ) -> ClassMeans:
         """The teacher's box-head features (or ``feature(rows)``, one row per RoI) averaged
-        per assigned class over its own sampled RoIs, summed over processes.
+        per assigned class over its own sampled RoIs, summed over processes (Faster R-CNN
+        only: RetinaNet's rows have no class).
 
         Each batch of ``loader`` (evaluation transform: ``test_size``) runs the teacher as a
         training step samples, without gradients and in eval mode otherwise
@@ -378,21 +412,29 @@ class DetectionTask:
         ``num_classes`` is C + 1 and the means have C + 1 rows; ``counts`` are RoIs per
         class. The accumulation is :func:`ndkd.centers.class_means`'s (its ``metadata``,
         ``progress``; ``autocast_dtype`` applies to the teacher's forward).
+
+        Raises:
+            ValueError: a RetinaNet teacher.
         """
+        if not row_type(teacher).has_classes:
+            raise ValueError(
+                "detection class means: RetinaNet's rows are feature-map positions, each with "
+                "A anchors of their own classes, not one class per row; class means (and the "
+                "terms that read them) need a Faster R-CNN teacher"
+            )
         teacher.to(device)
         rows = _SampledRows(self, teacher, loader, device, autocast_dtype, feature)
         return class_means(_Rows(), rows, num_classes, device, metadata=metadata, progress=progress)
 
 
-def teacher_rows(
-    teacher: TeacherFeatures, proposals: list[torch.Tensor], images: ImageList
-) -> ModelOutput:
-    """The teacher's box head and predictor on ``proposals`` (the student's RoIs), without
-    gradients, under the autocast its FPN maps were computed in (none for float32 maps)."""
+def teacher_rows(teacher: TeacherFeatures, rows: Rows, images: ImageList) -> ModelOutput:
+    """The teacher's rows for the student's ``rows`` (its box head and predictor on the same
+    RoIs, its classification subnet at the same positions), without gradients, under the
+    autocast its FPN maps were computed in (none for float32 maps)."""
     level = next(iter(teacher.features.values()))
     half = level.dtype in (torch.float16, torch.bfloat16)
     with torch.no_grad(), torch.autocast(level.device.type, dtype=level.dtype, enabled=half):
-        return roi_outputs(teacher.model, teacher.features, proposals, images.image_sizes)
+        return rows.outputs_of(teacher.model, teacher.features, images.image_sizes)
 
 
 def coco_average_precisions(
@@ -456,7 +498,8 @@ class _SampledRows:
         for raw in self.loader:
             batch = self.task.to_device(raw, self.device, None)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
-                output, labels = self.task.sampled_rows(self.teacher, batch)
+                sampled = self.task.sampled_rows(self.teacher, batch)
+                output, labels = sampled.output, sampled.labels
                 rows = output.embedding if self.feature is None else self.feature(output)
             if rows.shape[0] != labels.shape[0]:
                 raise ValueError(
@@ -464,6 +507,19 @@ class _SampledRows:
                     f"{labels.shape[0]} RoIs; it must give one row per RoI"
                 )
             yield rows, labels
+
+
+def _refuse_class_readers(method: nn.Module) -> None:
+    """Refuse the terms of ``method`` (a :class:`~ndkd.methods.Distiller`) that read one
+    class label per row: RetinaNet's rows have one per anchor."""
+    terms = getattr(method, "terms", {})
+    readers = [name for name, term in terms.items() if term.reads_class_labels]
+    if readers:
+        raise ValueError(
+            f"detection: loss term {readers[0]!r} reads one class label per row, but "
+            "RetinaNet's rows are feature-map positions with one class per anchor; use terms "
+            "on the embeddings (l2, lsh, lshl2; lshfm with teacher_correct_only: false)"
+        )
 
 
 def _pycocotools() -> tuple[Any, Any]:

@@ -136,7 +136,11 @@ def _classifier_std(name: str, context: BuildContext) -> float:
             f"{name}: hash_std defaults to the std of the teacher classifier's weights, but "
             "the teacher model is not available here; set hash_std"
         )
-    return float(final_linear(context.teacher)[1].weight.detach().float().std())
+    teacher = context.teacher
+    # A source model names its classifier (a RetinaNet's is a conv over patches).
+    named = getattr(teacher, "classifier_name", None)
+    layer = teacher.get_submodule(named) if named else final_linear(teacher)[1]
+    return float(layer.weight.detach().float().std())
 
 
 def _hash_bias(name: str, bias: str, context: BuildContext, weight: torch.Tensor) -> torch.Tensor:

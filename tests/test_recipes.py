@@ -17,7 +17,7 @@ from ndkd.config import load_config
 from ndkd.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-OTHER_FAMILIES = {"imagenet", "multilabel"}  # tests/test_{imagenet,multilabel}_recipes.py
+OTHER_FAMILIES = {"imagenet", "multilabel", "detection"}  # tests/test_<family>_recipes.py
 RECIPES = sorted(  # on CIFAR-format data
     p
     for p in (ROOT / "configs").rglob("*.yaml")

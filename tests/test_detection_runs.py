@@ -14,7 +14,7 @@ from ndkd.cli import main
 from test_detection_data import write_coco2017
 
 
-def _config(path, root, output, terms, **extra):
+def _config(path, root, output, terms, train=None, **extra):
     path.write_text(
         yaml.safe_dump(
             {
@@ -37,6 +37,7 @@ def _config(path, root, output, terms, **extra):
                     "weight_decay": 1.0e-4,
                     "schedule": "cosine",
                     "milestones": [],
+                    **(train or {}),
                 },
                 "terms": terms,
                 **extra,
@@ -107,3 +108,40 @@ def test_a_term_that_indexes_images_is_refused_in_one_line(teacher, capsys):
     assert main(["train", "-c", config]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "indices" in err, err
+
+
+def test_preempted_detection_run_resumes_to_the_uninterrupted_metrics(teacher, tmp_path):
+    import os
+    import signal
+
+    from ndkd.config import load_config
+    from ndkd.engine import RunInterrupted
+    from ndkd.experiment import train
+    from test_engine_resume import comparable
+
+    _, root, _ = teacher
+    budget = {
+        "iterations": 5,
+        "batch_size": 1,
+        "schedule": "multistep",
+        "milestones": [3],
+        "eval_every": 10,  # the last epoch only
+    }
+
+    def config(name):
+        path = _config(tmp_path / f"{name}.yaml", root, tmp_path / name, [], train=budget)
+        return load_config(path, ["log.progress_every=1"])
+
+    train(config("a"), step_progress=False)
+
+    def preempt(event):
+        if event.epoch == 2 and event.done == 1 and event.record is None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = config("b")
+    with pytest.raises(RunInterrupted, match=r"\(epoch 2, step 1\)"):
+        train(stopped, progress=preempt)
+    train(stopped, resume=True)
+    runs = [comparable(tmp_path / name / "metrics.jsonl") for name in ("a", "b")]
+    assert [r["iteration"] for r in runs[0]] == [2, 4, 5]  # two training images
+    assert json.dumps(runs[0], sort_keys=True) == json.dumps(runs[1], sort_keys=True)

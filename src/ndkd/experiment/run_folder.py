@@ -132,7 +132,7 @@ def _check_resume(
             f"{', '.join(conflicts)}; these cannot change within a run (start a new "
             "output_dir, or resume with the original values)"
         )
-    if config.train.epochs < epochs_done:
+    if not config.train.iterations and config.train.epochs < epochs_done:  # else unused
         raise RunFolderError(
             f"--resume: train.epochs={config.train.epochs} is fewer than the {epochs_done} "
             "epochs the run has already finished or begun"

@@ -163,26 +163,40 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-_DEMO_SUFFIX = {"classification": "", "multilabel": "-multilabel"}
+_DEMO_TASKS = ("classification", "multilabel", "detection")
 
 
 def _demo(args: argparse.Namespace) -> int:
     from ndkd import demo
     from ndkd.console import ProgressPrinter
 
-    if args.task == "multilabel":
-        defaults = demo.QUICK_MULTILABEL if args.quick else demo.MULTILABEL
-        run, write, table = (
+    full, quick, run, write, table = {
+        "classification": (
+            demo.DemoSettings(),
+            demo.QUICK,
+            demo.run_demo,
+            demo.write_report,
+            demo.results_table,
+        ),
+        "multilabel": (
+            demo.MULTILABEL,
+            demo.QUICK_MULTILABEL,
             demo.run_multilabel_demo,
             demo.write_multilabel_report,
             demo.multilabel_table,
-        )
-    else:
-        defaults = demo.QUICK if args.quick else demo.DemoSettings()
-        run, write, table = demo.run_demo, demo.write_report, demo.results_table
+        ),
+        "detection": (
+            demo.DETECTION,
+            demo.QUICK_DETECTION,
+            demo.run_detection_demo,
+            demo.write_detection_report,
+            demo.detection_table,
+        ),
+    }[args.task]
+    defaults = quick if args.quick else full
     settings = dataclasses.replace(
         defaults,
-        output=_output_folder(args.output or f"ndkd-demo{_DEMO_SUFFIX[args.task]}", "--output"),
+        output=_output_folder(args.output or str(defaults.output), "--output"),
         device=args.device,
     )
     if args.seeds is not None:
@@ -337,23 +351,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="teacher, class means, CE/KD/KD++ students over seeds on bundled digit pairs "
-        "(--task multilabel: BCE / L2 / LSHL2 students on digit canvases); no downloads, a "
-        "few minutes on a CPU; writes a table, results.json and plots",
+        "(--task multilabel: BCE / L2 / LSHL2 students on digit canvases; --task detection: "
+        "Faster R-CNN students with KD/KD++ on digit boxes); no downloads, minutes on a CPU; "
+        "writes a table, results.json and plots",
     )
     demo.add_argument(
         "--task",
-        choices=sorted(_DEMO_SUFFIX),
+        choices=_DEMO_TASKS,
         default="classification",
-        help="classification (ND: CE/KD/KD++) or multilabel (LSHFM: BCE/L2/LSHL2)",
+        help="classification (ND: CE/KD/KD++), multilabel (LSHFM: BCE/L2/LSHL2) or "
+        "detection (ND on Faster R-CNN: detector losses/KD/KD++)",
     )
-    demo.add_argument("--output", help="folder to write (default: ndkd-demo, ndkd-demo-multilabel)")
-    demo.add_argument("--seeds", type=int, help="number of seeds (default: 3)")
+    demo.add_argument(
+        "--output",
+        help="folder to write (default: ndkd-demo, ndkd-demo-multilabel, ndkd-demo-detection)",
+    )
+    demo.add_argument("--seeds", type=int, help="number of seeds (default: 3; detection: 2)")
     demo.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, ...")
     demo.add_argument(
         "--quick",
         action="store_true",
-        help="one epoch per model and two seeds: a smoke test of the pipeline (numbers "
-        "mean nothing)",
+        help="one epoch per model and two seeds (detection: two steps per model, one seed): "
+        "a smoke test of the pipeline (numbers mean nothing)",
     )
     demo.set_defaults(handler=_demo)
     return parser

@@ -22,10 +22,16 @@ import numpy as np
 
 from ndkd import experiment
 from ndkd.analysis.plots import Curve, plot_learning_curves
-from ndkd.analysis.summary import format_mean_std, mean_std
-from ndkd.analysis.tables import markdown_table
 from ndkd.config import RunConfig
-from ndkd.demo.pipeline import QUICK, DemoSettings, demo_config, fresh_runs_folder
+from ndkd.demo.pipeline import (
+    QUICK,
+    DemoSettings,
+    demo_config,
+    fresh_runs_folder,
+    seed_summary,
+    seed_table,
+    train_students,
+)
 from ndkd.engine import LAST
 from ndkd.progress import ProgressFn
 
@@ -78,17 +84,19 @@ def run_multilabel_demo(
     teacher_config = _config(settings, runs / "teacher", 0, settings.teacher, [BCE])
     teacher = experiment.train(teacher_config, progress=progress, step_progress=step_progress)
     checkpoint = runs / "teacher" / LAST
-    students: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in METHODS}
-    step = 1
-    for seed in settings.seeds:
-        for name, terms in METHODS.items():
-            step += 1
-            announce(f"[{step}/{steps}] student {settings.student} {LABELS[name]}, seed {seed}")
-            config = _config(
-                settings, runs / name / f"seed{seed}", seed, settings.student, terms, checkpoint
-            )
-            history = experiment.train(config, progress=progress, step_progress=step_progress)
-            students[name].append(history)
+    trained = train_students(
+        settings,
+        METHODS,
+        LABELS,
+        lambda folder, seed, terms: _config(
+            settings, folder, seed, settings.student, terms, checkpoint
+        ),
+        announce,
+        1,
+        progress,
+        step_progress,
+    )
+    students = {name: [history for _, history in runs] for name, runs in trained.items()}
     return MultiLabelResult(settings, teacher, students, time.perf_counter() - start)
 
 
@@ -106,50 +114,25 @@ def _config(
     )
 
 
-def _last(history: list[dict[str, Any]], key: str) -> float:
-    return float(next(r[key] for r in reversed(history) if key in r))
+KEYS = (METRIC, "test_cf1", "test_of1")
 
 
 def multilabel_summary(result: MultiLabelResult) -> dict[str, Any]:
     """What ``results.json`` holds: last-epoch metrics, seed mean and std per method."""
-    settings = result.settings
-
-    def numbers(histories: list[list[dict[str, Any]]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in (METRIC, "test_cf1", "test_of1"):
-            out[key], out[f"{key}_std"] = mean_std([_last(h, key) for h in histories])
-        out["per_seed"] = [_last(h, METRIC) for h in histories]
-        return out
-
-    return {
-        "dataset": DATASET,
-        "teacher": {"arch": settings.teacher, "epochs": settings.teacher_epochs}
-        | numbers([result.teacher]),
-        "student": {"arch": settings.student, "epochs": settings.student_epochs},
-        "seeds": list(settings.seeds),
-        "methods": {
-            name: {"terms": METHODS[name]} | numbers(histories)
-            for name, histories in result.students.items()
-        },
-        "wall_time_s": round(result.wall_time_s, 1),
-    }
+    return seed_summary(
+        result.settings,
+        DATASET,
+        METHODS,
+        result.teacher,
+        result.students,
+        KEYS,
+        result.wall_time_s,
+    )
 
 
 def multilabel_table(result: MultiLabelResult) -> str:
     """The Markdown table: teacher first, then the students; mean ± std over seeds."""
-    data = multilabel_summary(result)
-    settings = result.settings
-
-    def row(label: str, numbers: dict[str, Any], runs: int) -> list[str]:
-        keys = (METRIC, "test_cf1", "test_of1")
-        return [label, str(runs)] + [format_mean_std(numbers[k], numbers[f"{k}_std"]) for k in keys]
-
-    rows = [row(f"teacher {settings.teacher}", data["teacher"], 1)]
-    rows += [
-        row(f"student {settings.student} {LABELS[name]}", data["methods"][name], len(runs))
-        for name, runs in result.students.items()
-    ]
-    return markdown_table(HEADERS, rows)
+    return seed_table(result.settings, LABELS, multilabel_summary(result), KEYS, HEADERS)
 
 
 def write_multilabel_report(result: MultiLabelResult) -> list[Path]:

@@ -152,7 +152,11 @@ def read_coco(root: str | os.PathLike[str]) -> DetectionSplits:
     return DetectionSplits(
         [BACKGROUND, *(name for _, name in train.categories)],
         DetectionDataset(
-            str(train_folder), kept, train.table.subset(keep), DetectionTransform(train=True)
+            str(train_folder),
+            kept,
+            train.table.subset(keep),
+            DetectionTransform(train=True),
+            image_sizes=train.truth.image_sizes[keep],  # aspect-ratio grouping
         ),
         DetectionDataset(
             str(test_folder), NameBuffer.of(test.files), test.table, DetectionTransform()

@@ -8,7 +8,9 @@ image; a box covering pixel columns ``a..b`` has ``x1 = a``, ``x2 = b + 1``), ``
 ``int64`` (0-d). Training flips an image and its boxes horizontally with probability 1/2,
 drawn from the sample's generator (seeded by ``(seed, epoch, index)``,
 :class:`~ndkd.data.streaming.SeededDataset`); evaluation does not. The loaders batch
-samples with :func:`collate_detection` into tuples (images of different sizes).
+samples with :func:`collate_detection` into tuples (images of different sizes); a split
+that knows its image sizes (:meth:`~ndkd.data.streaming.SeededDataset.aspect_ratios`) is
+trained on batches of one aspect-ratio bin (:class:`~ndkd.data.streaming.TrainLoader`).
 
 The boxes of a split are packed in arrays (:class:`BoxTable`), so worker processes share
 them without per-image Python objects; the evaluation split's ground truth in COCO's format
@@ -227,7 +229,9 @@ class BoxDataset(SeededDataset):
 
 
 class DetectionDataset(BoxDataset, StreamingDataset):
-    """A detection split on disk: image ``i`` is the file ``folder/names[i]``."""
+    """A detection split on disk: image ``i`` is the file ``folder/names[i]``;
+    ``image_sizes``: the images' ``[N, 2]`` (width, height), if known (e.g.
+    :attr:`GroundTruth.image_sizes`), for aspect-ratio grouping."""
 
     def __init__(
         self,
@@ -236,13 +240,19 @@ class DetectionDataset(BoxDataset, StreamingDataset):
         table: BoxTable,
         transform: DetectionTransform,
         seed: int = 0,
+        image_sizes: np.ndarray | None = None,
     ):
         if len(names) != len(table):
             raise ValueError(f"{len(names)} file names for {len(table)} images")
+        if image_sizes is not None and np.shape(image_sizes) != (len(table), 2):
+            raise ValueError(
+                f"expected image sizes [{len(table)}, 2], got {list(np.shape(image_sizes))}"
+            )
         super().__init__(transform, seed)
         self.folder = folder
         self.names = names
         self.table = table
+        self.image_sizes = image_sizes
 
     def _file(self, index: int) -> str:
         return os.path.join(self.folder, self.names[index])
@@ -252,6 +262,13 @@ class DetectionDataset(BoxDataset, StreamingDataset):
 
     def _image(self, index: int) -> torch.Tensor:
         return decode_image(self._file(index))
+
+    def aspect_ratios(self) -> np.ndarray | None:
+        """Width / height of each image (``None`` without ``image_sizes``)."""
+        if self.image_sizes is None:
+            return None
+        sizes = np.asarray(self.image_sizes, dtype=np.float64)
+        return sizes[:, 0] / sizes[:, 1]
 
 
 class InMemoryDetectionDataset(BoxDataset):
@@ -271,6 +288,11 @@ class InMemoryDetectionDataset(BoxDataset):
 
     def _image(self, index: int) -> torch.Tensor:
         return self.images[index]
+
+    def aspect_ratios(self) -> np.ndarray:
+        """Width / height of each image (all the same)."""
+        height, width = self.images.shape[-2:]
+        return np.full(len(self), width / height)
 
 
 # ---------------------------------------------------------------------------------------

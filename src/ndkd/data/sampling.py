@@ -12,6 +12,10 @@ With ``repeats=K > 1`` (repeated augmentation, DeiT) it yields ``(index, epoch, 
 keys in the order of timm's ``RepeatAugSampler(selected_round=0)`` (see
 :func:`repeated_shard`; the permutation is still seeded with ``seed + epoch``, where timm
 seeds it with ``epoch``), so a dataset can augment the copies of a sample differently.
+
+:class:`GroupedShardSampler` reorders a rank's share so that consecutive batches hold
+images of one aspect-ratio bin (torchvision's ``GroupedBatchSampler`` with
+``create_aspect_ratio_groups``), with the same samples, batch count and resumption.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import math
 from collections.abc import Iterator
 from itertools import repeat
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -149,3 +154,81 @@ class EpochShardSampler(Sampler[tuple[int, ...]]):
         if copies is None:
             return zip(indices[start:].tolist(), repeat(self.epoch))
         return zip(indices[start:].tolist(), repeat(self.epoch), copies[start:].tolist())
+
+
+def aspect_ratio_groups(ratios: np.ndarray, k: int = 3) -> np.ndarray:
+    """The bin (``int64``, ``0..2k+1``) of each aspect ratio (width / height):
+    torchvision's ``create_aspect_ratio_groups``, bin edges ``2 ** linspace(-1, 1, 2k + 1)``
+    (a ratio on an edge goes to the bin above it)."""
+    if k < 0:
+        raise ValueError(f"k must be non-negative, got {k}")
+    edges = 2.0 ** np.linspace(-1, 1, 2 * k + 1) if k else np.array([1.0])
+    return np.digitize(np.asarray(ratios, dtype=np.float64), edges).astype(np.int64)
+
+
+def grouped_order(groups: np.ndarray, batch_size: int) -> np.ndarray:
+    """The positions ``0..n-1`` of a sequence whose items have bins ``groups`` (``[n]``),
+    reordered so that cutting them into consecutive batches of ``batch_size`` gives
+    torchvision's ``GroupedBatchSampler`` batches: walking the sequence, each item joins
+    its bin's buffer and a full buffer is a batch (batches in the order they fill). The
+    leftovers of all bins follow, concatenated in sequence order (so only the last
+    ``ceil(leftovers / batch_size)`` batches may mix bins, and there are still
+    ``ceil(n / batch_size)`` batches, the last possibly short)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    groups = np.asarray(groups, dtype=np.int64)
+    positions = np.arange(len(groups))
+    by_group = np.argsort(groups, kind="stable")  # bin by bin, sequence order within a bin
+    counts = np.bincount(groups)
+    starts = (np.cumsum(counts) - counts)[groups]  # where an item's bin starts in by_group
+    rank = np.empty_like(positions)
+    rank[by_group] = positions - starts[by_group]  # items of the same bin before it
+    full = rank < (counts // batch_size * batch_size)[groups]
+    in_batches = positions[full]
+    # A full batch is emitted when its last item is reached: sort by that item's position.
+    last = starts[full] + (rank[full] // batch_size + 1) * batch_size - 1
+    in_batches = in_batches[np.lexsort((in_batches, by_group[last]))]
+    return np.concatenate([in_batches, positions[~full]])
+
+
+class GroupedShardSampler(EpochShardSampler):
+    """:class:`EpochShardSampler` with each rank's share reordered by
+    :func:`grouped_order`: consecutive ``batch_size`` keys form one batch of a single
+    aspect-ratio bin (the final batches, made of the bins' leftovers, may mix bins). The
+    keys, their count and :meth:`skip` are as without grouping; the order still depends
+    only on ``(seed, epoch)`` and the shard.
+
+    Args:
+        groups: the bin of each sample (``[size]``, e.g. :func:`aspect_ratio_groups`).
+        batch_size: the batch size the keys are grouped for.
+        seed, rank, world_size, shuffle, repeats: as for :class:`EpochShardSampler`.
+    """
+
+    def __init__(
+        self,
+        groups: np.ndarray,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        repeats: int = 1,
+    ):
+        super().__init__(
+            len(groups),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle=shuffle,
+            repeats=repeats,
+        )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.groups = np.asarray(groups, dtype=np.int64)
+        self.batch_size = batch_size
+
+    def shard(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        indices, copies = super().shard()
+        order = torch.from_numpy(grouped_order(self.groups[indices.numpy()], self.batch_size))
+        return indices[order], None if copies is None else copies[order]

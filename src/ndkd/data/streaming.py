@@ -37,7 +37,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ndkd.data.sampling import EpochShardSampler, check_shard
+from ndkd.data.sampling import (
+    EpochShardSampler,
+    GroupedShardSampler,
+    aspect_ratio_groups,
+    check_shard,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -179,6 +184,12 @@ class SeededDataset(Dataset[tuple[Any, ...]], ABC):
         """The epoch used by bare-index access (the loaders pass it with each index)."""
         self.epoch = epoch
 
+    def aspect_ratios(self) -> np.ndarray | None:
+        """Each sample's image width / height (``float64`` ``[N]``), for
+        :class:`TrainLoader`'s aspect-ratio grouping; ``None`` (here): not known, no
+        grouping."""
+        return None
+
     def with_transform(self: D, transform: Augmentation) -> D:
         """The same samples (shared storage) under ``transform``."""
         return self._copy(transform, self.seed)
@@ -301,6 +312,13 @@ class TrainLoader:
     times, the copies spread over the ranks and augmented differently (copy ``c`` seeded by
     ``(seed, e, index, c)``); still ``ceil(N / world_size)`` samples per rank and epoch, so
     about ``N / K`` distinct samples an epoch. ``0`` or ``1``: off.
+
+    A dataset with :meth:`~SeededDataset.aspect_ratios` (detection) is batched by aspect
+    ratio, as torchvision's detection references do (``GroupedBatchSampler``,
+    ``create_aspect_ratio_groups(k=3)``: bin edges ``2 ** linspace(-1, 1, 7)``): the same
+    samples per rank and epoch, reordered so that each batch holds one bin, except the
+    final ones, made of all bins' leftovers (:func:`~ndkd.data.sampling.grouped_order`).
+    The batch count and :meth:`start_at` are unchanged.
     """
 
     def __init__(
@@ -324,12 +342,15 @@ class TrainLoader:
             )
         self.batch_size = batch_size
         self.drop_last = drop_last
-        self.sampler = EpochShardSampler(
-            len(dataset),
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            repeats=max(1, repeated_augmentations),
+        shard = {"seed": seed, "rank": rank, "world_size": world_size}
+        repeats = max(1, repeated_augmentations)
+        ratios = dataset.aspect_ratios()
+        self.sampler = (
+            EpochShardSampler(len(dataset), repeats=repeats, **shard)
+            if ratios is None
+            else GroupedShardSampler(
+                aspect_ratio_groups(ratios), batch_size, repeats=repeats, **shard
+            )
         )
         self.loader = _data_loader(
             dataset.with_seed(seed),
@@ -356,7 +377,7 @@ class TrainLoader:
         resume mid-epoch); later iterations start at batch 0."""
         if not 0 <= step <= len(self):
             raise ValueError(f"step must be in [0, {len(self)}], got {step}")
-        self.sampler.skip(step * self.batch_size)
+        self.sampler.skip(min(step * self.batch_size, self.sampler.num_samples))
 
     def __len__(self) -> int:
         """Batches per epoch for this rank."""

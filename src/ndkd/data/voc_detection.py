@@ -224,7 +224,13 @@ def read_voc0712(root: str | os.PathLike[str]) -> DetectionSplits:
     kept = NameBuffer.of([train.files[row] for row in np.flatnonzero(keep)])
     return DetectionSplits(
         [BACKGROUND, *VOC_CLASSES],
-        DetectionDataset(str(root), kept, train.table.subset(keep), DetectionTransform(train=True)),
+        DetectionDataset(
+            str(root),
+            kept,
+            train.table.subset(keep),
+            DetectionTransform(train=True),
+            image_sizes=train.truth.image_sizes[keep],  # aspect-ratio grouping
+        ),
         DetectionDataset(str(root), NameBuffer.of(test.files), test.table, DetectionTransform()),
         test.truth,
         list(range(len(VOC_CLASSES) + 1)),

@@ -86,8 +86,8 @@ def test_fp32_output_casts_half_precision_only():
 
 
 def test_unknown_task():
-    with pytest.raises(ValueError, match="unknown task 'detection'"):
-        build_task("detection")
+    with pytest.raises(ValueError, match="unknown task 'segmentation'"):
+        build_task("segmentation")
 
 
 def test_eval_needs_neither_teacher_checkpoint_nor_class_means(tmp_path, digits_teacher, capsys):

@@ -33,6 +33,7 @@ class Metric:
 TASK_METRICS: dict[str, tuple[Metric, Metric]] = {
     "classification": (Metric("test_top1", "top-1", "top1"), Metric("test_top5", "top-5", "top5")),
     "multilabel": (Metric("test_map", "mAP", "map"), Metric("test_cf1", "CF1", "cf1")),
+    "detection": (Metric("test_ap", "AP", "ap"), Metric("test_ap50", "AP50", "ap50")),
 }
 """Per ``config.task``, the (primary, secondary) metrics the analysis reports; the primary one
 is the task's ``primary_metric`` and picks the best epoch."""

@@ -389,9 +389,7 @@ def test_evaluation_loader_shards_each_image_once(coco, world_size):
     seen = []
     for rank in range(world_size):
         shard = []
-        loader = eval_loader(
-            test, 2, rank=rank, world_size=world_size, return_indices=True, collate_fn=test.collate
-        )
+        loader = eval_loader(test, 2, rank=rank, world_size=world_size, return_indices=True)
         for images, targets, indices in loader:
             assert isinstance(images, tuple) and len(images) == len(targets) == len(indices)
             for image, target, index in zip(images, targets, indices.tolist()):

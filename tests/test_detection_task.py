@@ -94,13 +94,18 @@ def _task(metric: str = "coco", truth: dict | None = None) -> DetectionTask:
     return DetectionTask(CLASSES, truth, CATEGORY_IDS, TRAIN_SIZES, TEST_SIZE, MAX_SIZE, metric)
 
 
+def detector_pair(arch: str, options: dict) -> tuple[nn.Module, nn.Module]:
+    """A student and a (differently initialised) frozen teacher of ``arch``, 3 classes."""
+    torch.manual_seed(0)
+    student = create_model(arch, len(CLASSES), **options)
+    teacher = create_model(arch, len(CLASSES), **options)
+    return student, teacher.eval().requires_grad_(False)
+
+
 @pytest.fixture(scope="module")
 def detectors() -> tuple[nn.Module, nn.Module]:
     """A student and a (differently initialised) teacher, ResNet-18 FPN, 3 classes."""
-    torch.manual_seed(0)
-    student = create_model("fasterrcnn_resnet18_fpn", len(CLASSES), **OPTIONS)
-    teacher = create_model("fasterrcnn_resnet18_fpn", len(CLASSES), **OPTIONS)
-    return student, teacher.eval().requires_grad_(False)
+    return detector_pair("fasterrcnn_resnet18_fpn", OPTIONS)
 
 
 class _Recorder(nn.Module):

@@ -156,7 +156,7 @@ def test_in_memory_sets_are_one_bin_so_keep_their_order():
     images = torch.zeros(9, 3, 8, 12, dtype=torch.uint8)
     dataset = InMemoryDetectionDataset(images, table, DetectionTransform(train=True))
     assert dataset.aspect_ratios().tolist() == [1.5] * 9
-    loader = TrainLoader(dataset, 4, seed=SEED, collate_fn=dataset.collate, return_indices=True)
+    loader = TrainLoader(dataset, 4, seed=SEED, return_indices=True)
     loader.set_epoch(2)
     flat = [i for batch in loader for i in batch[2].tolist()]
     assert flat == epoch_order(9, SEED, 2).tolist()

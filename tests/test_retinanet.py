@@ -21,12 +21,21 @@ from torchvision.ops import box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ndkd.config import TermConfig
-from ndkd.methods import BuildContext, Distiller, StepOutputs, build_term
+from ndkd.methods import BuildContext, Distiller, build_term
 from ndkd.models import create_model, detection, list_models, load_checkpoint
 from ndkd.models.detection import RETINANET_CLASSIFIER, PatchClassifier, backbone_features
 from ndkd.models.fold import fold_batchnorm
 from ndkd.tasks.detection import COCO_KEYS
-from test_detection_task import CLASSES, MAX_SIZE, TRAIN_SIZES, _raw_batch, _step, _task
+from test_detection_task import (
+    CLASSES,
+    MAX_SIZE,
+    TRAIN_SIZES,
+    _raw_batch,
+    _Recorder,
+    _step,
+    _task,
+    detector_pair,
+)
 
 CPU = torch.device("cpu")
 ANCHORS = 9
@@ -38,18 +47,7 @@ DETECTOR_LOSSES = {"det_classification", "det_bbox_regression"}
 @pytest.fixture(scope="module")
 def detectors() -> tuple[nn.Module, nn.Module]:
     """A RetinaNet student and a (differently initialised) teacher, ResNet-18 FPN, 3 classes."""
-    torch.manual_seed(0)
-    student = create_model("retinanet_resnet18_fpn", len(CLASSES), **OPTIONS)
-    teacher = create_model("retinanet_resnet18_fpn", len(CLASSES), **OPTIONS)
-    return student, teacher.eval().requires_grad_(False)
-
-
-class _Recorder(nn.Module):
-    """A "method" that keeps the rows it is given and returns no term."""
-
-    def forward(self, rows: StepOutputs, epoch: int) -> dict[str, torch.Tensor]:
-        self.rows = rows
-        return {}
+    return detector_pair("retinanet_resnet18_fpn", OPTIONS)
 
 
 def _patches(detector: nn.Module, maps: list[torch.Tensor]) -> torch.Tensor:

@@ -167,7 +167,6 @@ def training_loader(
             num_workers=num_workers,
             return_indices=return_indices,
             repeated_augmentations=repeated_augmentations,
-            collate_fn=dataset.collate,
         )
     return InMemoryLoader(
         dataset,
@@ -201,7 +200,6 @@ def evaluation_loader(
             rank=rank,
             world_size=world_size,
             num_workers=num_workers,
-            collate_fn=dataset.collate,
         )
     if world_size > 1:
         part = slice(rank, None, world_size)

@@ -275,7 +275,6 @@ def _data_loader(
     return_indices: bool,
     pin_memory: bool | None,
     persistent: bool,
-    collate_fn: Callable[[list[Any]], Any] | None,
 ) -> DataLoader:
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -291,7 +290,7 @@ def _data_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=persistent and workers,
         prefetch_factor=2 if workers else None,
-        collate_fn=collate_fn,
+        collate_fn=dataset.collate,
         # Its own generator: iterating never draws from the global RNG.
         generator=torch.Generator(),
     )
@@ -301,8 +300,8 @@ class TrainLoader:
     """Shuffled, rank-sharded, resumable training batches of a :class:`SeededDataset`.
 
     Yields ``(images [B, 3, S, S] float32, targets)`` (class labels: ``[B]`` int64;
-    multi-hot targets: ``[B, C]``), plus ``dataset_indices [B]`` with ``return_indices``;
-    ``collate_fn``: another batching (e.g. detection's tuples of images and targets).
+    multi-hot targets: ``[B, C]``), plus ``dataset_indices [B]`` with ``return_indices``,
+    batched by the dataset's ``collate`` (e.g. detection's tuples of images and targets).
     The order of epoch ``e`` is ``DistributedSampler``'s (seed ``seed + e``, padded by
     wrap-around, ``rank::world_size``); the augmentation of a sample depends only on
     ``(seed, e, index)``. Workers persist across epochs: the epoch is sent with every index.
@@ -334,7 +333,6 @@ class TrainLoader:
         return_indices: bool = False,
         pin_memory: bool | None = None,
         repeated_augmentations: int = 0,
-        collate_fn: Callable[[list[Any]], Any] | None = None,
     ):
         if repeated_augmentations < 0:
             raise ValueError(
@@ -361,7 +359,6 @@ class TrainLoader:
             return_indices=return_indices,
             pin_memory=pin_memory,
             persistent=True,
-            collate_fn=collate_fn,
         )
 
     @property
@@ -399,12 +396,11 @@ def eval_loader(
     num_workers: int = 0,
     return_indices: bool = False,
     pin_memory: bool | None = None,
-    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
     """Batches ``(images, targets)`` (``+ dataset_indices`` with ``return_indices``) of this
     rank's share of ``dataset``, in dataset order: indices ``rank::world_size``, no padding,
     so over all ranks every sample is seen exactly once (a rank may get one batch fewer
-    or none). Workers do not persist. ``collate_fn``: as for :class:`TrainLoader`."""
+    or none). Workers do not persist; batched by the dataset's ``collate``."""
     check_shard(rank, world_size)
     return _data_loader(
         dataset,
@@ -415,5 +411,4 @@ def eval_loader(
         return_indices=return_indices,
         pin_memory=pin_memory,
         persistent=False,
-        collate_fn=collate_fn,
     )

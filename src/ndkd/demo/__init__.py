@@ -5,7 +5,6 @@ ND on Faster R-CNN (``detection``) for detection."""
 from ndkd.demo.detection import (
     DETECTION,
     QUICK_DETECTION,
-    DetectionResult,
     DetectionSettings,
     detection_table,
     run_detection_demo,
@@ -14,12 +13,18 @@ from ndkd.demo.detection import (
 from ndkd.demo.multilabel import (
     MULTILABEL,
     QUICK_MULTILABEL,
-    MultiLabelResult,
     multilabel_table,
     run_multilabel_demo,
     write_multilabel_report,
 )
-from ndkd.demo.pipeline import METHODS, QUICK, DemoResult, DemoSettings, run_demo
+from ndkd.demo.pipeline import (
+    METHODS,
+    QUICK,
+    DemoResult,
+    DemoSettings,
+    HistoryResult,
+    run_demo,
+)
 from ndkd.demo.report import results_table, write_report
 
 __all__ = [
@@ -31,9 +36,8 @@ __all__ = [
     "QUICK_MULTILABEL",
     "DemoResult",
     "DemoSettings",
-    "DetectionResult",
     "DetectionSettings",
-    "MultiLabelResult",
+    "HistoryResult",
     "detection_table",
     "multilabel_table",
     "results_table",

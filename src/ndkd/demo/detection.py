@@ -30,7 +30,7 @@ from ndkd.config import RunConfig, load_config
 from ndkd.data.digit_boxes import CANVAS, MAX_DIGITS, SIZES
 from ndkd.demo.pipeline import (
     DemoSettings,
-    History,
+    HistoryResult,
     demo_config,
     fresh_runs_folder,
     seed_summary,
@@ -106,22 +106,12 @@ QUICK_DETECTION = replace(
 """A short run of the whole pipeline (for tests; its numbers mean nothing)."""
 
 
-@dataclass
-class DetectionResult:
-    """The teacher's and every student's metrics history (one ``metrics.jsonl`` per run)."""
-
-    settings: DetectionSettings
-    teacher: History
-    students: dict[str, list[History]]
-    wall_time_s: float
-
-
 def run_detection_demo(
     settings: DetectionSettings,
     phase: Callable[[str], None] | None = None,
     progress: ProgressFn | None = None,
     step_progress: bool = False,
-) -> DetectionResult:
+) -> HistoryResult:
     """Train everything; run folders go to ``settings.output / "runs"``.
 
     Raises:
@@ -149,7 +139,7 @@ def run_detection_demo(
         step_progress,
     )
     students = {name: [history for _, history in runs] for name, runs in trained.items()}
-    return DetectionResult(settings, teacher, students, time.perf_counter() - start)
+    return HistoryResult(settings, teacher, students, time.perf_counter() - start)
 
 
 def _config(
@@ -198,7 +188,7 @@ def _config(
     )
 
 
-def detection_summary(result: DetectionResult) -> dict[str, Any]:
+def detection_summary(result: HistoryResult) -> dict[str, Any]:
     """What ``results.json`` holds: last-evaluation AP and AP50, seed mean and std per
     method."""
     return seed_summary(
@@ -212,12 +202,12 @@ def detection_summary(result: DetectionResult) -> dict[str, Any]:
     ) | {"steps": result.settings.steps}
 
 
-def detection_table(result: DetectionResult) -> str:
+def detection_table(result: HistoryResult) -> str:
     """The Markdown table: teacher first, then the students; mean ± std over seeds."""
     return seed_table(result.settings, LABELS, detection_summary(result), METRICS, HEADERS)
 
 
-def write_detection_report(result: DetectionResult) -> list[Path]:
+def write_detection_report(result: HistoryResult) -> list[Path]:
     """Write ``results.json``, ``results.md`` and ``detections.png`` (the teacher's and the
     first KD++ student's detections on a few test canvases) into the output folder."""
     settings = result.settings

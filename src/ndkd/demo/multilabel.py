@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ndkd.config import RunConfig
 from ndkd.demo.pipeline import (
     QUICK,
     DemoSettings,
+    HistoryResult,
     demo_config,
     fresh_runs_folder,
     seed_summary,
@@ -55,22 +56,12 @@ QUICK_MULTILABEL = replace(QUICK, output=MULTILABEL.output)
 """A short run of the whole pipeline (for tests; its numbers mean nothing)."""
 
 
-@dataclass
-class MultiLabelResult:
-    """The teacher's and every student's metrics history (one ``metrics.jsonl`` per run)."""
-
-    settings: DemoSettings
-    teacher: list[dict[str, Any]]
-    students: dict[str, list[list[dict[str, Any]]]]
-    wall_time_s: float
-
-
 def run_multilabel_demo(
     settings: DemoSettings,
     phase: Callable[[str], None] | None = None,
     progress: ProgressFn | None = None,
     step_progress: bool = False,
-) -> MultiLabelResult:
+) -> HistoryResult:
     """Train everything; run folders go to ``settings.output / "runs"``.
 
     Raises:
@@ -97,7 +88,7 @@ def run_multilabel_demo(
         step_progress,
     )
     students = {name: [history for _, history in runs] for name, runs in trained.items()}
-    return MultiLabelResult(settings, teacher, students, time.perf_counter() - start)
+    return HistoryResult(settings, teacher, students, time.perf_counter() - start)
 
 
 def _config(
@@ -117,7 +108,7 @@ def _config(
 KEYS = (METRIC, "test_cf1", "test_of1")
 
 
-def multilabel_summary(result: MultiLabelResult) -> dict[str, Any]:
+def multilabel_summary(result: HistoryResult) -> dict[str, Any]:
     """What ``results.json`` holds: last-epoch metrics, seed mean and std per method."""
     return seed_summary(
         result.settings,
@@ -130,12 +121,12 @@ def multilabel_summary(result: MultiLabelResult) -> dict[str, Any]:
     )
 
 
-def multilabel_table(result: MultiLabelResult) -> str:
+def multilabel_table(result: HistoryResult) -> str:
     """The Markdown table: teacher first, then the students; mean ± std over seeds."""
     return seed_table(result.settings, LABELS, multilabel_summary(result), KEYS, HEADERS)
 
 
-def write_multilabel_report(result: MultiLabelResult) -> list[Path]:
+def write_multilabel_report(result: HistoryResult) -> list[Path]:
     """Write ``results.json``, ``results.md`` and ``map_curves.png`` into the output folder."""
     output = result.settings.output
     output.mkdir(parents=True, exist_ok=True)

@@ -137,6 +137,17 @@ def run_demo(
     return DemoResult(settings, teacher_result, students, time.perf_counter() - start)
 
 
+@dataclass
+class HistoryResult:
+    """A demo's teacher and students as their metrics histories (one ``metrics.jsonl`` per
+    run), per method one history per seed."""
+
+    settings: DemoSettings
+    teacher: History
+    students: dict[str, list[History]]
+    wall_time_s: float
+
+
 def train_students(
     settings: DemoSettings,
     methods: Mapping[str, list[dict[str, Any]]],

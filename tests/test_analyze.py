@@ -39,9 +39,13 @@ BCE_MAP = {0: [20.0, 35.5, 48.0, 47.0], 1: [22.0, 36.0, 45.5, 49.25], 2: [21.0, 
 BCE_CF1 = {0: [10.0, 30.0, 41.0, 42.5], 1: [12.0, 31.0, 40.0, 43.0], 2: [11.0, 29.5, 40.5, 44.75]}
 
 
+RECIPE_FOLDERS = {"kd": "controlled/kd", "kd++": "kd++"}
+"""The recipes the runs of a method folder were made with: KD is KD++ without its nd term."""
+
+
 def _config(method: str, seed: int, runs: Path, *overrides: str) -> RunConfig:
     return load_config(
-        CONFIGS / method / "resnet56_resnet20.yaml",
+        CONFIGS / RECIPE_FOLDERS[method] / "resnet56_resnet20.yaml",
         [
             f"seed={seed}",
             f"train.epochs={EPOCHS}",
@@ -228,6 +232,35 @@ def test_cli_writes_tables_and_plots(sweep, tmp_path, capsys):
 
     curves = out / "learning_curves.png"
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 10_000
+
+
+def test_the_paper_column_beside_the_recipes_that_have_a_published_number(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["analyze", str(sweep), "-o", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    header, _, *rows = [line for line in stdout.splitlines() if line.startswith("|")]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    assert header.rstrip(" |").endswith("top-1 (%) paper")
+    # KD++ has Table 1's 72.53; the controlled KD recipe (KD++ without nd) has no number
+    assert [(row[3], row[-1]) for row in cells] == [
+        ("ce×1 + kd×1 + nd×2", "72.53"),
+        ("ce×1 + kd×1", "—"),
+        ("ce×1 + kd×1", "—"),
+    ]
+    assert "Table 1: CIFAR-100 test top-1 (%)" in stdout
+    markdown = (out / "results.md").read_text()
+    assert "The paper column" in markdown and "Table 1" in markdown.split("## Best epoch")[0]
+    with open(out / "results.csv") as handle:
+        found = list(csv.DictReader(handle))
+    assert [r["paper_top1"] for r in found] == ["72.53", "", ""]
+    assert "Table 1" in found[0]["paper_source"] and found[1]["paper_source"] == ""
+
+
+def test_no_paper_column_without_a_published_number(multilabel_sweep, tmp_path, capsys):
+    assert main(["analyze", str(multilabel_sweep), "-o", str(tmp_path / "report")]) == 0
+    stdout = capsys.readouterr().out
+    assert "(%) paper" not in stdout and "The paper column" not in stdout
+    assert "paper" not in (tmp_path / "report" / "results.csv").read_text().splitlines()[0]
 
 
 def _refused(capsys, *argv: str) -> str:

@@ -292,10 +292,10 @@ def test_state_dict_round_trip(name, tiny_pair):
 def test_reviewkd_recipes_carry_the_published_weights(stem):
     kd, nd = REVIEWKD_PLUS_PLUS[stem]
     plus = load_config(ROOT / "configs/cifar100/reviewkd++" / f"{stem}.yaml")
-    plain = load_config(ROOT / "configs/cifar100/reviewkd" / f"{stem}.yaml")
+    plain = load_config(ROOT / "configs/cifar100/controlled/reviewkd" / f"{stem}.yaml")
     expected = [("ce", 1.0, 0.0, {}), ("reviewkd", kd, 20.0, {}), ("nd", nd, 0.0, {})]
     got = [(t.name, t.weight, t.warmup_epochs, t.params) for t in plus.terms]
     assert got == expected
     assert [(t.name, t.weight, t.warmup_epochs, t.params) for t in plain.terms] == expected[:2]
     assert plus.output_dir == f"runs/cifar100/reviewkd++/{stem}/seed0"
-    assert plain.output_dir == f"runs/cifar100/reviewkd/{stem}/seed0"
+    assert plain.output_dir == f"runs/cifar100/controlled/reviewkd/{stem}/seed0"

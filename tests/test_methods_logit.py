@@ -301,7 +301,7 @@ DIST_PP = {
 
 
 def expected_terms(method: str, stem: str) -> list[tuple[str, float, float, dict]]:
-    if method.startswith("dkd"):
+    if method.split("/")[-1].startswith("dkd"):
         alpha, beta, nd = DKD_PP[stem]
         logit = ("dkd", 1.0, 20, {"alpha": alpha, "beta": beta, "temperature": 4.0})
     else:
@@ -311,16 +311,19 @@ def expected_terms(method: str, stem: str) -> list[tuple[str, float, float, dict
     return terms + [("nd", nd, 0, {})] if method.endswith("++") else terms
 
 
-@pytest.mark.parametrize("method", ["dkd", "dkd++", "dist", "dist++"])
+@pytest.mark.parametrize("method", ["controlled/dkd", "dkd++", "controlled/dist", "dist++"])
 @pytest.mark.parametrize("stem", sorted(DKD_PP))
-def test_recipes_carry_the_published_weights(method, stem):
+def test_plus_plus_and_controlled_recipes_carry_the_nd_codes_weights(method, stem):
     path = ROOT / "configs" / "cifar100" / method / f"{stem}.yaml"
     config = load_config(path)
     got = [(t.name, t.weight, t.warmup_epochs, t.params) for t in config.terms]
     assert got == expected_terms(method, stem)
     assert config.output_dir == f"runs/cifar100/{method}/{stem}/seed{config.seed}"
     kdpp = load_config(ROOT / "configs" / "cifar100" / "kd++" / f"{stem}.yaml")
-    same_otherwise = dataclasses.replace(config, terms=kdpp.terms, output_dir=kdpp.output_dir)
+    same_otherwise = dataclasses.replace(
+        config, terms=kdpp.terms, output_dir=kdpp.output_dir, recipe=kdpp.recipe
+    )
     assert same_otherwise == kdpp
     header = path.read_text().splitlines()[0]
-    assert header.startswith(f"# {method.upper()} on CIFAR-100, ")
+    family = "Controlled " if method.startswith("controlled/") else ""
+    assert header.startswith(f"# {family}{method.split('/')[-1].upper()} on CIFAR-100, ")

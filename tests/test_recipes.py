@@ -84,9 +84,9 @@ def test_recipe_dry_runs(recipe, cifar100_root, teachers, monkeypatch, tmp_path,
     assert "config ok" in capsys.readouterr().out
 
 
-def test_the_six_pairs_have_kd_and_kdpp_with_published_settings():
+def test_the_six_pairs_have_kdpp_and_its_controlled_kd_with_published_settings():
     for stem, (kd_weight, nd_weight) in PAIRS.items():
-        for method in ("kd", "kd++"):
+        for method in ("controlled/kd", "kd++"):
             config = load_config(ROOT / "configs" / "cifar100" / method / f"{stem}.yaml")
             terms = {t.name: t for t in config.terms}
             assert set(terms) == ({"ce", "kd", "nd"} if method == "kd++" else {"ce", "kd"})

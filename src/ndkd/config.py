@@ -52,8 +52,12 @@ SPEED_ONLY_KEYS: tuple[str, ...] = (
 """Dotted keys that change where or how fast a run executes, never what it computes
 (the same data, augmentation, schedule and losses)."""
 
-OUTPUT_ONLY_KEYS: tuple[str, ...] = ("output_dir", "log.tensorboard")
-"""Dotted keys that change only where or in which form a run's results are written."""
+OUTPUT_ONLY_KEYS: tuple[str, ...] = ("output_dir", "recipe", "log.tensorboard")
+"""Dotted keys that change only where, in which form or under which name a run's results
+are written."""
+
+CONFIGS_FOLDER = "configs"
+"""A config file below a folder of this name gets the path below it as its ``recipe``."""
 
 SEED_MAX = 2**32 - 1
 """Largest accepted ``seed`` (numpy's and torch's seeding accept ``[0, 2**32 - 1]``)."""
@@ -62,6 +66,12 @@ DEVICE_FORMS = "auto, cpu, mps, cuda or cuda:N (N a GPU index)"
 """The accepted forms of ``device`` (whether that device exists is checked when a run
 starts, not here)."""
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+TERM_KEYS = ("name", "weight", "warmup_epochs", "warmup_from")
+"""Keys of a loss term read by the composition; every other key is a param of the term."""
+
+WARMUP_FROM = (0, 1)
+"""The values of a term's ``warmup_from``: the number of the first epoch in its warm-up."""
 
 POSITIVE_TERM_PARAMS = ("temperature", "tau")
 """Term params that, when given, must be finite positive numbers."""
@@ -150,6 +160,22 @@ class ModelConfig:
 
 
 @dataclass
+class TeacherConfig(ModelConfig):
+    """The teacher: a :class:`ModelConfig` plus what only a frozen teacher has."""
+
+    bn: Literal["eval", "train"] = "eval"
+    """BatchNorm mode of the teacher's forward in each training step. ``eval`` (default):
+    its running statistics, a fixed map (the trainer folds each BatchNorm into the
+    convolution before it). ``train``: statistics of the batch, as both public OFD codes
+    (clovaai/overhaul-distillation, mdistiller) run the teacher in the distiller's training
+    mode; its running statistics update as a side effect and are never saved. Only the
+    BatchNorms change mode (dropout and the like stay in eval), the teacher's weights stay
+    frozen, and everything else that runs the teacher (class means, build-time passes such
+    as LSHFM's bias, analysis) runs it in eval mode. Refused on the student, which always
+    trains with batch statistics."""
+
+
+@dataclass
 class CentersConfig:
     path: str | None = None
     """Class-means file (ndkd safetensors or public JSON); ``ndkd centers`` writes it. Read
@@ -162,15 +188,24 @@ class CentersConfig:
 class TermConfig:
     """One loss term: its registered name, its single weight, its warm-up, its own params.
 
-    The weight is multiplied by ``min(1, epoch / warmup_epochs)`` (epochs counted from 0, so
-    a 20-epoch warm-up trains the first epoch without the term), as the public code does
-    for the KD term; ``warmup_epochs: 0`` (default) means full weight from the start.
+    The weight is multiplied by ``min(1, (epoch + warmup_from) / warmup_epochs)`` with the
+    engine's epochs counted from 0; ``warmup_epochs: 0`` (default) means full weight from
+    the start. ``warmup_from`` says how the warm-up counts epochs:
+
+    - ``0`` (default): the first epoch is epoch 0, so a 20-epoch warm-up trains the first
+      epoch without the term (the public ND code's KD warm-up);
+    - ``1``: the first epoch is epoch 1, so it already has 1/20 of the weight (mdistiller,
+      DKD's official code: ``min(epoch / warmup, 1.0)`` with epochs from 1).
+
+    ``warmup_from`` is only accepted with ``warmup_epochs`` > 0, and is written to a
+    resolved config only when it is 1.
     """
 
     name: str = ""
     weight: float = 1.0
     warmup_epochs: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+    warmup_from: int = 0
 
 
 @dataclass
@@ -248,12 +283,16 @@ class RunConfig:
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     output_dir: str = "runs/default"
     """Run folder; ``{seed}`` in it is replaced by the seed (one folder per seed)."""
+    recipe: str = ""
+    """The recipe's name: by default, for a file below a ``configs/`` folder, its path below
+    that folder without ``.yaml`` (``cifar100/kd++/resnet56_resnet20``); ``ndkd analyze``
+    shows the published number of a recipe of that name beside its runs."""
     task: Literal["classification", "multilabel", "detection"] = "classification"
     """The task the run trains: ``classification`` (one label per image) or ``multilabel``
     (a set of labels per image; needs a multi-label data set: voc2007, coco2014,
     digit_canvas) or ``detection`` (boxes; coco, voc0712, digit_boxes)."""
     data: DataConfig = field(default_factory=DataConfig)
-    teacher: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
     centers: CentersConfig = field(default_factory=CentersConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -272,6 +311,8 @@ def _term_to_dict(term: TermConfig) -> dict[str, Any]:
     plain = {"name": term.name, "weight": term.weight, **term.params}
     if term.warmup_epochs:
         plain["warmup_epochs"] = term.warmup_epochs
+    if term.warmup_from:
+        plain["warmup_from"] = term.warmup_from
     return plain
 
 
@@ -280,9 +321,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     ``key=value`` overrides (dotted keys; list items by index, e.g. ``terms.1.weight=2``),
     validate. An error inside a file names that file."""
     raw: dict[str, Any] = {} if path is None else _read_with_bases(Path(path), ())
+    if path is not None and "recipe" not in raw:
+        raw["recipe"] = recipe_name(Path(path))
     for item in overrides:
         _apply_override(raw, item)
     return from_dict(raw)
+
+
+def recipe_name(path: Path) -> str:
+    """The path of ``path`` below its nearest ``configs/`` folder, without its suffix
+    (``configs/cifar100/kd/x.yaml`` -> ``cifar100/kd/x``); empty when no folder above it
+    is called so."""
+    resolved = path.resolve()
+    for folder in resolved.parents:
+        if folder.name == CONFIGS_FOLDER:
+            return resolved.relative_to(folder).with_suffix("").as_posix()
+    return ""
 
 
 def from_dict(raw: dict[str, Any]) -> RunConfig:
@@ -523,6 +577,11 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known, key=str)
+    if unknown and cls is ModelConfig and str(unknown[0]) in _TEACHER_ONLY:
+        raise ConfigError(
+            f"{_join(where, str(unknown[0]))}: a key of the teacher only "
+            f"(teacher.{unknown[0]}), not of the student"
+        )
     if unknown:
         raise ConfigError(
             f"unknown config key {_join(where, str(unknown[0]))!r}; "
@@ -532,13 +591,18 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     return cls(**values)
 
 
+_TEACHER_ONLY = frozenset(f.name for f in dataclasses.fields(TeacherConfig)) - frozenset(
+    f.name for f in dataclasses.fields(ModelConfig)
+)
+
+
 def _build_term(raw: Any, where: str) -> TermConfig:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ConfigError(f"{where}: a loss term is a mapping with a 'name', found {raw!r}")
     params = {
         key: _term_param(str(key), value, f"{where}.{key}")
         for key, value in raw.items()
-        if key not in ("name", "weight", "warmup_epochs")
+        if key not in TERM_KEYS
     }
     weight = _coerce(float, raw.get("weight", 1.0), f"{where}.weight")
     if weight < 0:
@@ -546,7 +610,21 @@ def _build_term(raw: Any, where: str) -> TermConfig:
     warmup = _coerce(float, raw.get("warmup_epochs", 0.0), f"{where}.warmup_epochs")
     if warmup < 0:
         raise ConfigError(f"{where}.warmup_epochs: must be non-negative, found {warmup}")
-    return TermConfig(raw["name"], weight, warmup, params)
+    warmup_from = 0
+    if "warmup_from" in raw:
+        warmup_from = raw["warmup_from"]
+        if isinstance(warmup_from, bool) or warmup_from not in WARMUP_FROM:
+            raise ConfigError(
+                f"{where}.warmup_from: expected 0 (epochs counted from 0, the public ND "
+                f"code) or 1 (from 1, mdistiller), found {warmup_from!r}"
+            )
+        if not warmup:
+            raise ConfigError(
+                f"{where}.warmup_from: counts the epochs of a warm-up, but "
+                f"{where}.warmup_epochs is 0 (no warm-up); set warmup_epochs or drop it"
+            )
+        warmup_from = int(warmup_from)
+    return TermConfig(raw["name"], weight, warmup, params, warmup_from)
 
 
 def _term_param(name: str, value: Any, where: str) -> Any:

@@ -28,6 +28,7 @@ from ndkd.analysis.results import (
     curves,
     group_metrics,
     over_seeds,
+    paper_sources,
     result_headers,
     result_rows,
     row_label,
@@ -58,7 +59,7 @@ CURVE_PANELS = (
 
 def results_table(results: Sequence[GroupResult]) -> str:
     """The main Markdown table: the last epoch's metrics, mean ± std over seeds."""
-    return markdown_table(result_headers([r.group for r in results]), result_rows(results))
+    return markdown_table(result_headers(results), result_rows(results))
 
 
 def write_results(groups: Sequence[RunGroup], output: str | os.PathLike[str]) -> list[Path]:
@@ -76,7 +77,7 @@ def write_results(groups: Sequence[RunGroup], output: str | os.PathLike[str]) ->
     ]
     written = [
         markdown,
-        write_csv(output / RESULTS_CSV, csv_headers(groups), csv_rows(results)),
+        write_csv(output / RESULTS_CSV, csv_headers(results), csv_rows(results)),
         write_csv(output / RUNS_CSV, run_csv_headers(groups), run_csv_rows(groups)),
         plot_learning_curves(panels, output / CURVES_PNG),
     ]
@@ -106,7 +107,7 @@ A row holds the runs of one recipe that completed the same number of epochs. Run
 recipe when their `config.yaml` are equal except for: {ignored}.
 
 {results_table(results)}
-{warning}
+{paper_note(results)}{warning}
 ## Best epoch (for reference, not the result to report)
 
 The highest test {primary} over each run's evaluated epochs, mean ± std over seeds. The epoch
@@ -120,6 +121,18 @@ is picked on the test set, so it overstates the result; report the last epoch ab
 
 ![learning curves]({CURVES_PNG})
 """
+
+
+def paper_note(results: Sequence[GroupResult]) -> str:
+    """The sources of the ``paper`` column, one line each (empty without the column)."""
+    sources = paper_sources(results)
+    if not sources:
+        return ""
+    listed = "".join(f"\n- {source}" for source in sources)
+    return (
+        "\nThe paper column: the published value for the recipe (as published: the epoch and "
+        f"the seeds it reports may differ from this table's). Sources:{listed}\n"
+    )
 
 
 def _measured(groups: Sequence[RunGroup]) -> str:

@@ -1,7 +1,8 @@
 """Per row (a recipe's runs with the same epochs completed): the last epoch's primary and
 secondary test metric of the row's task (top-1/top-5 for classification, mAP/CF1 for
 multi-label) and the best epoch's primary metric, mean ± sample std over seeds, as table rows
-and learning curves. Column names follow the tasks present (:func:`column_labels`).
+and learning curves. Column names follow the tasks present (:func:`column_labels`). When a
+row's recipe has a published value (:mod:`ndkd.analysis.paper`), a ``paper`` column shows it.
 
 Every number is read from ``metrics.jsonl``; when a run lacks a value the row shows none
 rather than a mean over fewer seeds than it claims.
@@ -15,6 +16,7 @@ from pathlib import PurePath
 
 import numpy as np
 
+from ndkd.analysis.paper import PaperResult, paper_result
 from ndkd.analysis.plots import Curve
 from ndkd.analysis.recipes import RunGroup
 from ndkd.analysis.runs import TASK_METRICS, Metric
@@ -82,6 +84,8 @@ class GroupResult:
     last_secondary: MeanStd | None
     best_primary: MeanStd | None
     best_epochs: tuple[int | None, ...]
+    paper: PaperResult | None = None
+    """The published value of the primary metric for the row's recipe, if any."""
 
 
 def summarize(group: RunGroup) -> GroupResult:
@@ -95,7 +99,18 @@ def summarize(group: RunGroup) -> GroupResult:
         over_seeds([run.last(secondary.key) for run in group.runs]),
         over_seeds([None if b is None else b[0] for b in bests]),
         tuple(None if b is None else b[1] for b in bests),
+        paper_result(group.config, primary.key),
     )
+
+
+def has_paper(results: Sequence[GroupResult]) -> bool:
+    """Whether any row has a published value (then the tables get a ``paper`` column)."""
+    return any(r.paper is not None for r in results)
+
+
+def paper_sources(results: Sequence[GroupResult]) -> list[str]:
+    """The distinct sources of the rows' published values, in row order."""
+    return list(dict.fromkeys(r.paper.source for r in results if r.paper is not None))
 
 
 def terms_text(config: RunConfig) -> str:
@@ -143,9 +158,10 @@ def _seeds_text(group: RunGroup) -> str:
     return f"{len(group.runs)} ({', '.join(str(s) for s in group.seeds)})"
 
 
-def result_headers(groups: Sequence[RunGroup]) -> tuple[str, ...]:
+def result_headers(results: Sequence[GroupResult]) -> tuple[str, ...]:
     """Headers of :func:`result_rows`."""
-    primary, secondary = column_labels(groups)
+    primary, secondary = column_labels([r.group for r in results])
+    paper = (f"{primary} (%) paper",) if has_paper(results) else ()
     return (
         "recipe",
         "teacher",
@@ -155,11 +171,14 @@ def result_headers(groups: Sequence[RunGroup]) -> tuple[str, ...]:
         "epochs",
         f"{primary} (%) last epoch",
         f"{secondary} (%) last epoch",
+        *paper,
     )
 
 
 def result_rows(results: Sequence[GroupResult]) -> list[list[str]]:
-    """The main table: the last epoch's metrics, one row per group."""
+    """The main table: the last epoch's metrics, one row per group (and the published
+    primary metric when any row has one)."""
+    paper = has_paper(results)
     return [
         [
             r.group.label,
@@ -170,6 +189,7 @@ def result_rows(results: Sequence[GroupResult]) -> list[list[str]]:
             epochs_text(r.group),
             _text(r.last_primary),
             _text(r.last_secondary),
+            *([_number(r.paper and r.paper.value)] if paper else []),
         ]
         for r in results
     ]
@@ -236,9 +256,9 @@ def _number(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2f}"
 
 
-def csv_headers(groups: Sequence[RunGroup]) -> tuple[str, ...]:
+def csv_headers(results: Sequence[GroupResult]) -> tuple[str, ...]:
     """Headers of :func:`csv_rows`."""
-    primary, secondary = _column_stems(groups)
+    primary, secondary = _column_stems([r.group for r in results])
     numbers = (f"last_{primary}", f"last_{secondary}", f"best_epoch_{primary}")
     return (
         "recipe",
@@ -253,11 +273,13 @@ def csv_headers(groups: Sequence[RunGroup]) -> tuple[str, ...]:
         "complete",
         *(f"{stem}_{part}" for stem in numbers for part in ("mean", "std")),
         "best_epochs",
+        *((f"paper_{primary}", "paper_source") if has_paper(results) else ()),
     )
 
 
 def csv_rows(results: Sequence[GroupResult]) -> list[list[object]]:
     """``results.csv``: full-precision numbers, an empty std for one seed."""
+    paper = has_paper(results)
     rows = []
     for r in results:
         group = r.group
@@ -278,6 +300,7 @@ def csv_rows(results: Sequence[GroupResult]) -> list[list[object]]:
                 group.complete,
                 *numbers,
                 ";".join("" if e is None else str(e) for e in r.best_epochs),
+                *((r.paper and r.paper.value, r.paper and r.paper.source) if paper else ()),
             ]
         )
     return rows

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from ndkd.collective import barrier, broadcast_buffers
@@ -79,7 +80,14 @@ class Trainer:
         student: the model to train, on ``device``.
         teacher: frozen teacher or ``None``; kept in eval mode, never wrapped in DDP. Each
             step runs :func:`ndkd.models.fold.fold_batchnorm`'s copy of it (the same outputs,
-            one pass over the activations less per folded BatchNorm).
+            one pass over the activations less per folded BatchNorm), unless
+            ``teacher_batch_stats``.
+        teacher_batch_stats: run the teacher's BatchNorms in training mode (statistics of
+            the batch) for its forward in each training step, and only there: the teacher
+            itself runs (no folded copy), under ``no_grad``; its running statistics update
+            as a side effect (never checkpointed: a resume starts them from the loaded
+            teacher again), its parameters stay frozen, every other layer stays in eval
+            mode, and it is back in eval mode after each such forward.
         method: the loss composition (``ndkd.methods.Distiller``); its parameters are trained
             with the student.
         train_loader / test_loader: raw batches for ``task``; the test loader covers this
@@ -119,6 +127,7 @@ class Trainer:
         progress_every: int = 20,
         sync_every: int = 20,
         sinks: Iterable[Any] = (),
+        teacher_batch_stats: bool = False,
     ) -> None:
         self.task = task
         self.student, self.teacher, self.method = student, teacher, method
@@ -136,12 +145,19 @@ class Trainer:
             if teacher is not None:
                 teacher.to(memory_format=self.memory_format)
         self.teacher_forward: nn.Module | None = None
+        self._teacher_norms: list[nn.Module] = []
         if teacher is not None:
             teacher.eval().requires_grad_(False)
-            # Built after the method, which may read the teacher's BatchNorms (OFD margins).
-            self.teacher_forward = fold_batchnorm(teacher)
-            if self.memory_format is not None:
-                self.teacher_forward.to(memory_format=self.memory_format)
+            if teacher_batch_stats:
+                self.teacher_forward = teacher
+                self._teacher_norms = [m for m in teacher.modules() if isinstance(m, _BatchNorm)]
+                if not self._teacher_norms:
+                    log.warning("teacher batch statistics asked for, but it has no BatchNorm")
+            else:
+                # Built after the method, which may read the teacher's BatchNorms (OFD margins).
+                self.teacher_forward = fold_batchnorm(teacher)
+                if self.memory_format is not None:
+                    self.teacher_forward.to(memory_format=self.memory_format)
         step_module: nn.Module = _StudentStep(task, student, method, device.type)
         if dist_info.enabled:
             # Buffers are not broadcast every step: the method's (class means, hash planes,
@@ -292,7 +308,7 @@ class Trainer:
             batch = self.task.to_device(raw, self.device, self.memory_format, train=True)
             teacher_out = None
             if self.teacher_forward is not None:
-                with torch.no_grad(), self.autocast():
+                with torch.no_grad(), self.autocast(), self._teacher_train_norms():
                     teacher_out = self.task.forward(self.teacher_forward, batch)
             with self.autocast():
                 student_out, losses = self.step_module(batch, teacher_out, epoch)
@@ -306,6 +322,18 @@ class Trainer:
         if self.settings.iterations:
             record["iteration"] = epoch * len(self.train_loader) + steps
         return record
+
+    @contextmanager
+    def _teacher_train_norms(self) -> Iterator[None]:
+        """The teacher's BatchNorms in training mode inside (none without
+        ``teacher_batch_stats``), back in eval mode after."""
+        for norm in self._teacher_norms:
+            norm.train()
+        try:
+            yield
+        finally:
+            for norm in self._teacher_norms:
+                norm.eval()
 
     def _steps_in(self, epoch: int) -> int:
         """Optimizer steps of ``epoch``: a whole pass, or what the iteration budget leaves."""

@@ -70,7 +70,12 @@ def build_model(
 def build_teacher(
     spec: ModelConfig, num_classes: int, in_channels: int, device: torch.device
 ) -> nn.Module | None:
-    """The frozen teacher in eval mode, or ``None`` when ``teacher.arch`` is empty."""
+    """The frozen teacher in eval mode, or ``None`` when ``teacher.arch`` is empty.
+
+    Every use of the teacher sees it in eval mode (class means, build-time passes of the
+    terms, analysis); only the trainer's per-step forward switches its BatchNorms to
+    batch statistics, when ``teacher.bn`` is ``train`` (see :class:`ndkd.engine.Trainer`'s
+    ``teacher_batch_stats``)."""
     if not spec.arch:
         return None
     teacher = build_model(spec, "teacher", num_classes, in_channels, device)

@@ -137,6 +137,7 @@ def train(
             progress_every=config.log.progress_every if step_progress else 0,
             sync_every=config.log.progress_every,
             sinks=sinks,
+            teacher_batch_stats=config.teacher.bn == "train",
         )
         if plan.checkpoint is not None:
             trainer.resume(plan.checkpoint)

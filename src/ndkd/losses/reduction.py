@@ -23,6 +23,15 @@ def reduce_per_sample(
       paper's Eq. 1-3 and 7, where the outer mean runs over the C' classes present in the
       batch (a class absent from the batch has no samples to average). Needs ``labels``;
       ``num_classes`` may be ``None``, then it is read from the labels (one device sync).
+
+      Eq. 7 divides by C, all classes: over the whole training set every class is present,
+      so there C' = C. In a mini-batch only C' <= C classes appear, and dividing by C' is
+      deliberate: the mean over the present classes estimates Eq. 7's full-set value at
+      its own scale (for a class-balanced set sampled uniformly, without bias), whereas
+      ``1/C`` would scale it by C'/C, a factor that depends on the batch size. E.g. a
+      CIFAR-100 batch of 128 holds on average ``100 (1 - 0.99^128)`` ~ 72 classes, so
+      ``1/C`` would weight the term by ~0.72 (by ~0.47 with the public code's 64 per GPU),
+      and an ImageNet batch of 256 by ~0.23.
     - ``"none"``: the ``[B]`` tensor itself.
 
     An empty batch reduces to 0 (not NaN), so a step with no samples adds nothing.

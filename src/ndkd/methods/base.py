@@ -14,12 +14,17 @@ from ndkd.models.output import ModelOutput
 
 
 class TermSpec(Protocol):
-    """How a term is configured (``ndkd.config.TermConfig`` is one)."""
+    """How a term is configured (``ndkd.config.TermConfig`` is one).
+
+    ``warmup_from`` (0 or 1) is the number the warm-up gives the first epoch (see
+    :meth:`ndkd.methods.Distiller.weight_at`); a spec without it counts from 0.
+    """
 
     name: str
     weight: float
     warmup_epochs: float
     params: dict[str, Any]
+    warmup_from: int
 
 
 FeatureSelector = Callable[[ModelOutput], torch.Tensor]

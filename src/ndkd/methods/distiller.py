@@ -12,9 +12,12 @@ from ndkd.methods.registry import build_term
 class Distiller(nn.Module):
     """Turns step outputs into ``{term name: weighted loss}``; owns every term's modules.
 
-    The weight of a term at ``epoch`` (counted from 0) is
-    ``weight * min(1, epoch / warmup_epochs)`` (full weight when ``warmup_epochs`` is 0).
-    The engine sums the returned values and logs each of them.
+    The weight of a term at the engine's ``epoch`` (counted from 0) is
+    ``weight * min(1, (epoch + warmup_from) / warmup_epochs)`` (full weight when
+    ``warmup_epochs`` is 0): with ``warmup_from`` 0 the warm-up counts epochs from 0, so its
+    first epoch has no term (the public ND code's KD warm-up); with 1 it counts them from 1,
+    so the first epoch already has ``1 / warmup_epochs`` of the weight (mdistiller, DKD's
+    official code). The engine sums the returned values and logs each of them.
     """
 
     def __init__(self, terms: list[TermSpec], context: BuildContext) -> None:
@@ -30,6 +33,7 @@ class Distiller(nn.Module):
                 )
         self.weights = {term.name: term.weight for term in terms}
         self.warmups = {term.name: term.warmup_epochs for term in terms}
+        self.warmup_from = {term.name: _warmup_from(term) for term in terms}
 
     @property
     def requires_teacher(self) -> bool:
@@ -44,8 +48,10 @@ class Distiller(nn.Module):
         return any(term.requires_centers for term in self.terms.values())
 
     def weight_at(self, name: str, epoch: int) -> float:
+        """The weight of term ``name`` in the engine's epoch ``epoch`` (counted from 0)."""
         warmup = self.warmups[name]
-        factor = 1.0 if warmup <= 0 else min(1.0, epoch / warmup)
+        counted = epoch + self.warmup_from[name]
+        factor = 1.0 if warmup <= 0 else min(1.0, counted / warmup)
         return self.weights[name] * factor
 
     def forward(self, outputs: StepOutputs, epoch: int) -> dict[str, torch.Tensor]:
@@ -53,3 +59,11 @@ class Distiller(nn.Module):
         for name, term in self.terms.items():
             losses[name] = term(outputs) * self.weight_at(name, epoch)
         return losses
+
+
+def _warmup_from(term: TermSpec) -> int:
+    """The term's ``warmup_from`` (0 for a spec that predates it), checked."""
+    first = getattr(term, "warmup_from", 0)
+    if isinstance(first, bool) or first not in (0, 1):
+        raise ValueError(f"loss term {term.name!r}: warmup_from must be 0 or 1, found {first!r}")
+    return int(first)

@@ -73,6 +73,14 @@ class NDTerm(Term):
     its dropout; ``projector_init_std``: ``None`` keeps PyTorch's default init of its Linear
     (bias 0), as the public CIFAR code; a float draws the Linear's weight and bias from
     ``N(0, std^2)``, as the public ImageNet code (0.01).
+
+    ``reduction``: ``"batch"`` (default; the public code's mean over the batch), ``"class"``
+    (Eq. 7's class-balanced mean) or ``"none"``. Eq. 7 divides by C, all classes, which over
+    the training set are all present; within a mini-batch ``"class"`` divides by the C'
+    classes present instead, so the term estimates Eq. 7's value at its own scale whatever
+    the batch size (``1/C`` would scale it by C'/C: ~0.72 for a CIFAR-100 batch of 128,
+    which holds ~72 of the 100 classes on average); see
+    :func:`ndkd.losses.reduction.reduce_per_sample`.
     """
 
     requires_teacher = True

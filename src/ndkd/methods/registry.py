@@ -43,7 +43,7 @@ def build_term(name: str, context: BuildContext, params: dict[str, Any]) -> Term
         shown = ", ".join(accepted) or "none"
         raise ValueError(
             f"loss term {name!r}: unknown parameter {unknown[0]!r} "
-            f"(accepted: {shown}, plus weight and warmup_epochs)"
+            f"(accepted: {shown}, plus weight, warmup_epochs and warmup_from)"
         )
     try:
         return _term_class(name)(context, **params)

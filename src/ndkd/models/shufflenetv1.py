@@ -4,7 +4,10 @@ A 1x1 stem with 24 channels at full resolution (no stride, no max-pool), three s
 4, 8 and 4 bottlenecks, each stage opening with a stride-2 block whose output concatenates a
 3x3 average-pooled shortcut; global average pooling and the classifier ``linear``.
 Parameter names follow the public CIFAR code (``layer{1,2,3}.{i}.conv1..3/bn1..3``).
-Initialisation: PyTorch's defaults, as in the reference CIFAR ShuffleNets.
+Initialisation: PyTorch's defaults, as in the reference CIFAR ShuffleNets, except the
+classifier's bias, zero (its weight keeps PyTorch's default): the public ND code's student
+wrapper (``EmbTrans`` in ``CIFAR/*/models/embtrans_cifar.py``) zeroes every ``nn.Linear``
+bias of the student it wraps, which for these students is the classifier's.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class ShuffleNetV1(ZooModel):
             self.add_module(f"layer{index}", nn.Sequential(*layers))
             in_channels = width
         self.linear = nn.Linear(in_channels, num_classes)
+        nn.init.zeros_(self.linear.bias)  # the public ND code's student wrapper
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         x = F.relu(self.bn1(self.conv1(x)))

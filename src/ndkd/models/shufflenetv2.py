@@ -9,7 +9,10 @@ follow the public CIFAR code (``layer{k}.0`` the down-sampling unit with ``conv1
 Pre-activations: a unit's output is ``relu`` of its pre-activation, in the same (shuffled)
 channel order. (The public code returns the last unit's pre-activation before the channel
 shuffle; ndkd shuffles it too so ``stages[i]`` and ``preact_stages[i]`` line up.)
-Initialisation: PyTorch's defaults, as in the reference CIFAR ShuffleNets.
+Initialisation: PyTorch's defaults, as in the reference CIFAR ShuffleNets, except the
+classifier's bias, zero (its weight keeps PyTorch's default): the public ND code's student
+wrapper (``EmbTrans`` in ``CIFAR/*/models/embtrans_cifar.py``) zeroes every ``nn.Linear``
+bias of the student it wraps, which for these students is the classifier's.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class ShuffleNetV2(ZooModel):
         self.conv2 = conv1x1(in_channels, LAST_CHANNELS)
         self.bn2 = nn.BatchNorm2d(LAST_CHANNELS)
         self.linear = nn.Linear(LAST_CHANNELS, num_classes)
+        nn.init.zeros_(self.linear.bias)  # the public ND code's student wrapper
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         x = F.relu(self.bn1(self.conv1(x)))

@@ -33,6 +33,7 @@ LAYERS = {
     "console": 6,
     "analysis": 7,
     "demo": 8,
+    "sweep": 8,
     "cli": 9,
     "__main__": 9,
     "__init__": 9,

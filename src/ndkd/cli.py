@@ -18,6 +18,7 @@ from ndkd import __version__
 
 if TYPE_CHECKING:
     from ndkd.config import RunConfig
+    from ndkd.sweep import SweepEvent, SweepPlan
 
 
 def _parse_metadata(pairs: Sequence[str]) -> dict[str, str]:
@@ -219,7 +220,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from ndkd.analysis.recipes import group_runs
-    from ndkd.analysis.report import results_table, write_features, write_results
+    from ndkd.analysis.report import paper_note, results_table, write_features, write_results
     from ndkd.analysis.results import column_labels, summarize
     from ndkd.analysis.run_features import collect_run_features
     from ndkd.analysis.runs import find_run_dirs, read_run
@@ -236,12 +237,142 @@ def _analyze(args: argparse.Namespace) -> int:
     written = write_results(groups, args.output)
     if features is not None:
         written += write_features(groups, features, args.output)
-    print(results_table([summarize(group) for group in groups]))
+    results = [summarize(group) for group in groups]
+    print(results_table(results))
     primary, secondary = column_labels(groups)
     print(f"{primary}/{secondary}: last epoch, mean ± std over seeds; best epoch: see results.md")
+    note = paper_note(results).strip()
+    if note:
+        print(note)
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+SWEEP_EXECUTORS = {"local": "", "slurm": "slurm", "submitit-local": "local"}
+"""``ndkd sweep --executor`` choices: the local queue, or submitit's cluster of that name."""
+_LOCAL_SWEEP_OPTIONS = ("gpus", "per_gpu", "workers")
+_SLURM_SWEEP_OPTIONS = (
+    "partition",
+    "time_min",
+    "gpus_per_task",
+    "cpus_per_task",
+    "mem_gb",
+    "array_parallelism",
+)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ndkd.sweep import plan_sweep
+
+    _check_sweep_options(args)
+    plan = plan_sweep(args.configs, args.seeds, args.overrides, args.out)
+    if plan.bases:
+        names = ", ".join(str(path) for path in plan.bases)
+        print(f"left out {len(plan.bases)} base file(s), not recipes: {names}")
+    if args.dry_run:
+        return _sweep_dry_run(plan)
+    printer = _SweepPrinter(len(plan.runs))
+    if args.executor == "local":
+        from ndkd.sweep import choose_slots, run_queue
+
+        gpus = None if args.gpus is None else [g.strip() for g in args.gpus.split(",") if g.strip()]
+        slots = choose_slots(gpus, args.per_gpu, args.workers)
+        labels = ", ".join(slot.label for slot in slots)
+        print(f"sweep: {len(plan.runs)} runs, {len(slots)} at a time ({labels})", flush=True)
+        summary = run_queue(plan.runs, slots, printer)
+    else:
+        from ndkd.sweep import slurm_backend
+
+        slurm = slurm_backend()
+        options = slurm.JobOptions(**{name: getattr(args, name) for name in _SLURM_SWEEP_OPTIONS})
+        folder = plan.root / "slurm"
+        cluster = SWEEP_EXECUTORS[args.executor]
+        summary = slurm.sweep_jobs(plan.runs, folder, cluster, options, printer, args.wait)
+        if not args.wait:
+            submitted = sum(event.kind == "submitted" for event in summary.outcomes)
+            print(f"submitted {submitted} job(s); submitit's logs: {folder}")
+            print(f"when they are done: ndkd analyze {plan.root}")
+            return _sweep_problems([e for e in summary.unfinished if e.kind != "submitted"])
+    status = _sweep_problems(summary.unfinished)
+    if not status:
+        print(f"all {len(plan.runs)} runs done")
+    print(f"results table: ndkd analyze {plan.root}")
+    return status
+
+
+def _check_sweep_options(args: argparse.Namespace) -> None:
+    local = args.executor == "local"
+    misplaced = _SLURM_SWEEP_OPTIONS + ("wait",) if local else _LOCAL_SWEEP_OPTIONS
+    for name in misplaced:
+        if getattr(args, name) not in (None, False):
+            where = "slurm or submitit-local" if local else "local"
+            raise ValueError(f"--{name.replace('_', '-')} applies to --executor {where}")
+
+
+def _sweep_dry_run(plan: SweepPlan) -> int:
+    from collections import Counter
+
+    from ndkd.sweep import read_state
+
+    states = [read_state(spec) for spec in plan.runs]
+    width = max(len(str(spec.config_path)) for spec in plan.runs)
+    for spec, state in zip(plan.runs, states):
+        detail = f"  ({state.detail})" if state.detail else ""
+        print(
+            f"{state.kind:<9} {str(spec.config_path):<{width}}  seed {spec.seed:<3} "
+            f"{spec.run_dir}{detail}"
+        )
+    counts = Counter(state.kind for state in states)
+    print(
+        f"{len(plan.runs)} runs ({', '.join(f'{n} {kind}' for kind, n in counts.items())}) "
+        f"under {plan.root}; nothing started (--dry-run)"
+    )
+    return 0
+
+
+class _SweepPrinter:
+    """One line per run event; the final ones numbered ``[k/N]``."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.ended = 0
+
+    def __call__(self, event: SweepEvent) -> None:
+        width = 2 * len(str(self.total)) + 3
+        if event.kind in ("started", "submitted"):
+            prefix = " " * width
+        else:
+            self.ended += 1
+            prefix = f"[{self.ended}/{self.total}]".rjust(width)
+        print(f"{prefix} {event.kind:<11} {event.spec.run_dir}{_sweep_detail(event)}", flush=True)
+
+
+def _sweep_detail(event: SweepEvent) -> str:
+    kind, log = event.kind, event.spec.log_path
+    if kind == "started":
+        return f" on {event.slot}" + (" (resuming)" if event.resumed else "")
+    if kind == "finished":
+        metric = f", {event.metric[0]} {event.metric[1]:.2f}" if event.metric else ""
+        return f" in {event.wall_s:.0f} s{metric}"
+    if kind in ("failed", "interrupted"):
+        code = f"exit {event.returncode}" if event.returncode is not None else event.detail
+        return f": {code}; log {log}"
+    return f": {event.detail}" if event.detail else ""
+
+
+def _sweep_problems(problems: list[SweepEvent]) -> int:
+    """List the runs that are not done (with their logs); the exit status."""
+    if not problems:
+        return 0
+    print(f"{len(problems)} run(s) not done:")
+    for event in problems:
+        logged = event.kind in ("failed", "interrupted") and event.spec.log_path.is_file()
+        where = f"log {event.spec.log_path}" if logged else event.detail
+        print(f"  {event.kind:<11} {event.spec.run_dir}  {where}".rstrip())
+    if any(event.kind == "conflict" for event in problems):
+        print("a conflicting folder holds another recipe: --out DIR runs the sweep elsewhere")
+    return 1
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -347,6 +478,85 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", help="data.root for --features, when the data moved since training"
     )
     analyze.set_defaults(handler=_analyze)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train every CONFIG x seed, each in its own run folder: a local queue over GPUs "
+        "or CPU processes, or SLURM jobs (submitit); finished runs are skipped, stopped ones "
+        "resume",
+        description="Train every CONFIG with every seed of --seeds, each run in its own "
+        "folder (the config's output_dir with {seed} substituted, or moved under --out). "
+        "A finished run is skipped, a started one resumes, one held by a live process or "
+        "holding another recipe is reported and left alone; running the same command again "
+        "continues an interrupted sweep. Each run's output goes to sweep.log in its folder. "
+        "Exit status 0 when every run is done, else 1.",
+    )
+    sweep.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML run configurations")
+    sweep.add_argument(
+        "--seeds", nargs="+", type=int, required=True, metavar="S", help="seeds, e.g. 0 1 2"
+    )
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dotted override for every run (repeatable), e.g. --set train.epochs=2",
+    )
+    sweep.add_argument(
+        "--out",
+        metavar="DIR",
+        help="put the run folders under DIR, keeping their paths below their common parent "
+        "(runs/cifar100/kd/X/seed0 -> DIR/kd/X/seed0)",
+    )
+    sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs (config, seed, folder, state: new, resume, done, busy, conflict); "
+        "start nothing",
+    )
+    sweep.add_argument(
+        "--executor",
+        choices=tuple(SWEEP_EXECUTORS),
+        default="local",
+        help="local: a queue on this machine (default); slurm: a SLURM job array through "
+        "submitit (needs ndkd[sweep]); submitit-local: the same jobs as local processes",
+    )
+    queue = sweep.add_argument_group("local queue")
+    queue.add_argument(
+        "--gpus", metavar="LIST", help="GPUs to use, e.g. 0,1 (default: every visible GPU)"
+    )
+    queue.add_argument(
+        "--per-gpu", type=int, metavar="K", help="runs at once on each GPU (default: 1)"
+    )
+    queue.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="N CPU processes at once, GPUs hidden (default without GPUs: 1)",
+    )
+    jobs = sweep.add_argument_group("slurm / submitit-local")
+    jobs.add_argument("--partition", help="SLURM partition")
+    jobs.add_argument(
+        "--time-min", type=int, metavar="M", help="time limit per job (default: 1440 minutes)"
+    )
+    jobs.add_argument(
+        "--gpus-per-task", type=int, metavar="G", help="GPUs per run (default: slurm 1, local 0)"
+    )
+    jobs.add_argument(
+        "--cpus-per-task",
+        type=int,
+        metavar="C",
+        help="CPU cores (and threads) per run (default: slurm's; submitit-local: cores / runs)",
+    )
+    jobs.add_argument("--mem-gb", type=float, metavar="GB", help="memory per run")
+    jobs.add_argument("--array-parallelism", type=int, metavar="N", help="at most N runs at once")
+    jobs.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the jobs and report each as it ends (default: submit and exit)",
+    )
+    sweep.set_defaults(handler=_sweep)
 
     demo = commands.add_parser(
         "demo",

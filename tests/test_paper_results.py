@@ -10,16 +10,9 @@ import pytest
 from ndkd.analysis.paper import paper_result, paper_results
 from ndkd.analysis.runs import TASK_METRICS
 from ndkd.config import load_config
+from test_published_recipes import PAIRS  # Table 1's column order
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PAIRS = (  # Table 1's column order
-    "resnet56_resnet20",
-    "wrn_40_2_wrn_40_1",
-    "resnet32x4_resnet8x4",
-    "resnet50_cifar_mobilenetv2",
-    "resnet32x4_shufflenetv1",
-    "resnet32x4_shufflenetv2",
-)
 # The green superscripts of Table 1: each ++ row minus its plain row, as printed, except one:
 # KD++ on resnet50 -> mobilenetv2 prints +2.35 over KD, but its cells are 70.10 and 67.65,
 # +2.45, which is also the gain Table 4 (d) prints for the same two numbers.

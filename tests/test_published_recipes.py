@@ -11,7 +11,7 @@ import pytest
 from ndkd.config import load_config
 
 CIFAR = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
-PAIRS = (
+PAIRS = (  # Table 1's column order
     "resnet56_resnet20",
     "wrn_40_2_wrn_40_1",
     "resnet32x4_resnet8x4",

@@ -33,7 +33,8 @@ class RunLockedError(ValueError):
     """The run folder is held by another process (or its lock file cannot be read)."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (also when another user owns it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -74,7 +75,7 @@ class RunLock:
                     f"output_dir '{self.run_dir}' is locked by {self.path}, which cannot be "
                     "read; if no run uses this folder, delete that file"
                 )
-            if holder["host"] != socket.gethostname() or _pid_alive(holder["pid"]):
+            if holder["host"] != socket.gethostname() or pid_alive(holder["pid"]):
                 raise RunLockedError(self._in_use(holder))
             if self._take_over(holder):
                 return self

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Literal
 
 from ndkd.analysis.runs import RunReadError, read_run
 from ndkd.config import ConfigError, load_config, resume_conflicts
-from ndkd.engine.run_lock import LOCK_NAME
+from ndkd.engine.run_lock import LOCK_NAME, pid_alive
 from ndkd.experiment.run_folder import CONFIG, RUN_FILES
 from ndkd.sweep.plan import RunSpec
 
@@ -72,16 +71,6 @@ def lock_holder(run_dir: Path) -> str | None:
     pid, host = (holder.get("pid"), holder.get("host")) if isinstance(holder, dict) else (0, 0)
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(host, str):
         return f"an unreadable {path}"
-    if host == socket.gethostname() and not _alive(pid):
+    if host == socket.gethostname() and not pid_alive(pid):
         return None
     return f"pid {pid} on {host} since {holder.get('started', '?')}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True

@@ -76,7 +76,7 @@ def test_parameter_and_compatibility_refusals():
 
 def test_registry_lists_terms_and_their_parameters():
     assert {"ce", "kd", "nd"} <= set(available())
-    assert term_parameters("kd") == {"temperature": 4.0}
+    assert term_parameters("kd") == {"temperature": 4.0, "standardize": False}
     assert Distiller([TermConfig("ce", 1.0)], context(*outputs()[:2])).requires_teacher is False
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ndkd.checks import check_labels, check_logit_pair, check_non_negative, promote
+from ndkd.checks import check_labels, check_non_negative
+from ndkd.losses.kd import logit_pair_at, squared
 from ndkd.losses.reduction import Reduction, reduce_per_sample
 
 
@@ -15,7 +16,7 @@ def dkd_loss(
     labels: torch.Tensor,
     alpha: float,
     beta: float,
-    temperature: float,
+    temperature: float | torch.Tensor,
     reduction: Reduction = "batch",
 ) -> torch.Tensor:
     """DKD loss, ``alpha * TCKD + beta * NCKD``, each times ``T^2`` (the DKD objective, Sec. 3).
@@ -31,18 +32,18 @@ def dkd_loss(
     into a ``[B, C-1]`` matrix (``log p~`` is their ``log_softmax``) and the binary
     log-probabilities come from ``logsumexp``, so saturated logits stay finite. The teacher
     logits are constants. ``reduction``: ``"batch"`` (mean, as the public code), ``"class"``
-    (class-balanced) or ``"none"`` (``[B]``).
+    (class-balanced) or ``"none"`` (``[B]``). ``temperature`` may be a tensor, as in
+    :func:`ndkd.losses.kd.kd_loss` (CTKD's learned temperature).
     """
     check_non_negative("alpha", alpha)
     check_non_negative("beta", beta)
-    check_logit_pair(student_logits, teacher_logits, temperature)
+    s, t, tau = logit_pair_at(student_logits, teacher_logits, temperature)
     batch, num_classes = student_logits.shape
     if num_classes < 2:
         raise ValueError(f"dkd_loss needs at least 2 classes, found {num_classes}")
     check_labels(labels, batch, num_classes)
     labels = labels.to(student_logits.device).long()
-    s = promote(student_logits) / temperature
-    t = promote(teacher_logits.detach()).to(s.dtype) / temperature
+    s, t = s / tau, t / tau
     others = _non_target_index(labels, num_classes)
     s_target, s_others = _split(s, labels, others)
     t_target, t_others = _split(t, labels, others)
@@ -51,7 +52,7 @@ def dkd_loss(
         _binary_log_probs(t_target, t_others), _binary_log_probs(s_target, s_others)
     )
     nckd = _kl_from_logs(F.log_softmax(t_others, dim=1), F.log_softmax(s_others, dim=1))
-    per_sample = (alpha * tckd + beta * nckd) * temperature**2
+    per_sample = (alpha * tckd + beta * nckd) * squared(tau)
     return reduce_per_sample(per_sample, labels, num_classes, reduction)
 
 

@@ -41,6 +41,9 @@ class StepOutputs:
     class, ``1 - lam`` on the class mixed in), else ``None``; ``labels`` stay each image's
     own class. The terms that follow the mixing weights are ``ce`` (soft targets) and ``nd``
     (class means mixed by the same weights); every other term reads ``labels``.
+    ``epoch`` is the engine's epoch, counted from 0, for terms whose behaviour follows the
+    training's progress (e.g. CTKD's curriculum); the :class:`ndkd.methods.Distiller` sets it
+    from the epoch it is called with.
     """
 
     student: ModelOutput
@@ -49,6 +52,7 @@ class StepOutputs:
     images: torch.Tensor | None = None
     indices: torch.Tensor | None = None
     mix_weights: torch.Tensor | None = None
+    epoch: int = 0
 
     @property
     def targets(self) -> torch.Tensor:

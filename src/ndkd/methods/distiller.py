@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -17,7 +19,8 @@ class Distiller(nn.Module):
     ``warmup_epochs`` is 0): with ``warmup_from`` 0 the warm-up counts epochs from 0, so its
     first epoch has no term (the public ND code's KD warm-up); with 1 it counts them from 1,
     so the first epoch already has ``1 / warmup_epochs`` of the weight (mdistiller, DKD's
-    official code). The engine sums the returned values and logs each of them.
+    official code). The engine sums the returned values and logs each of them. The terms
+    see the step outputs with ``epoch`` set to the engine's epoch.
     """
 
     def __init__(self, terms: list[TermSpec], context: BuildContext) -> None:
@@ -55,6 +58,8 @@ class Distiller(nn.Module):
         return self.weights[name] * factor
 
     def forward(self, outputs: StepOutputs, epoch: int) -> dict[str, torch.Tensor]:
+        if outputs.epoch != epoch:
+            outputs = dataclasses.replace(outputs, epoch=epoch)  # what the terms see
         losses = {}
         for name, term in self.terms.items():
             losses[name] = term(outputs) * self.weight_at(name, epoch)

@@ -35,6 +35,24 @@ terms:
     return path
 
 
+def write_digits_run(folder: Path, checkpoint: Path, terms: list[str], batch_size: int) -> Path:
+    """A one-epoch run on digits of the resnet8 student with the wrn_16_2 ``checkpoint`` as
+    teacher and ``terms`` (YAML flow mappings, e.g. ``"{name: ce, weight: 0.1}"``)."""
+    path = folder / "run.yaml"
+    listed = "".join(f"\n  - {term}" for term in terms)
+    path.write_text(f"""
+seed: 0
+device: cpu
+output_dir: {folder / "run"}
+data: {{name: digits}}
+teacher: {{arch: {TEACHER}, checkpoint: {checkpoint}}}
+student: {{arch: {STUDENT}}}
+train: {{epochs: 1, batch_size: {batch_size}, lr: 0.05, milestones: [1]}}
+terms:{listed}
+""")
+    return path
+
+
 def ndkd_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ndkd", *args]
 

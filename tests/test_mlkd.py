@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import STUDENT, TEACHER
+from helpers import write_digits_run
 from ndkd import ModelOutput
 from ndkd.config import TermConfig, load_config
 from ndkd.experiment import train
@@ -393,19 +393,11 @@ def test_term_refuses_a_class_mismatch_and_a_missing_teacher():
 
 def test_one_epoch_on_digits_with_ce_and_mlkd(tmp_path, digits_teacher):
     checkpoint, _ = digits_teacher
-    path = tmp_path / "mlkd.yaml"
-    path.write_text(f"""
-seed: 0
-device: cpu
-output_dir: {tmp_path / "run"}
-data: {{name: digits}}
-teacher: {{arch: {TEACHER}, checkpoint: {checkpoint}}}
-student: {{arch: {STUDENT}}}
-train: {{epochs: 1, batch_size: 64, lr: 0.05, milestones: [1]}}
-terms:
-  - {{name: ce, weight: 0.1}}
-  - {{name: mlkd, weight: 0.9, temperatures: [2, 3, 4, 5, 6], mask: scale}}
-""")
+    terms = [
+        "{name: ce, weight: 0.1}",
+        "{name: mlkd, weight: 0.9, temperatures: [2, 3, 4, 5, 6], mask: scale}",
+    ]
+    path = write_digits_run(tmp_path, checkpoint, terms, batch_size=64)
     train(load_config(path), step_progress=False)
     records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 1

@@ -1,6 +1,6 @@
 """The CIFAR-100 recipes of the logit methods that came after the ND paper, and their ++
 variants: each recipe's settings against a table citing its source, each ++ recipe equal to
-its recipe plus the nd term at the pair's KD++ weight."""
+its recipe plus the nd term at the pair's KD++ weight (ImageNet's: test_imagenet_recipes.py)."""
 
 from __future__ import annotations
 

@@ -21,10 +21,10 @@ from ndkd.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET = ROOT / "configs" / "imagenet"
-RECIPES = sorted(  # the ResNet-recipe families; strong/ (the DeiT recipe) has its own test
+RECIPES = sorted(  # the ND ResNet families; strong/ (DeiT) has its own test, beyond/ its below
     p
     for p in IMAGENET.rglob("*.yaml")
-    if not p.name.startswith("_") and "strong" not in p.relative_to(IMAGENET).parts
+    if not p.name.startswith("_") and not {"strong", "beyond"} & set(p.relative_to(IMAGENET).parts)
 )
 
 # --- the sources, as tables ----------------------------------------------------------------
@@ -372,3 +372,68 @@ def test_table6_recipe_trains_end_to_end(key, image_root, teachers, tmp_path):
     assert main(["train", "-c", str(recipe), *overrides, "train.epochs=1"]) == 0
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert record["test_samples"] == 2 * CLASSES and math.isfinite(record["loss"])
+
+
+# ImageNet resnet34 -> resnet18, the methods that published one (sources in each file):
+# logit-standardization-KD README (mdistiller r34_r18/kd.yaml + --logit-stand --base-temp 2
+# --kd-weight 9), cls_KD res34_distill_res18_img.py, CTKD scripts/run_imagenet_distill.sh.
+BEYOND = IMAGENET / "beyond"
+IMAGENET_BEYOND_TABLE = {  # method: (epochs, batch, lr, terms)
+    "kd_ls": (
+        100,
+        512,
+        0.2,
+        [
+            ("ce", 1.0, {}, 0, 0),
+            ("kd", 9.0, {"temperature": 2.0, "standardize": True}, 0, 0),
+        ],
+    ),
+    "nkd": (
+        100,
+        256,
+        0.1,
+        [("ce", 1.0, {}, 0, 0), ("nkd", 1.0, {"temperature": 1.0, "gamma": 1.5}, 0, 0)],
+    ),
+    "ctkd": (
+        120,
+        256,
+        0.1,
+        [
+            ("ce", 1.0, {}, 0, 0),
+            ("ctkd", 1.0, {"loss": "kd", "mode": "global", "curriculum_epochs": 5}, 0, 0),
+        ],
+    ),
+}
+BEYOND_RECIPES = sorted(BEYOND.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("method", sorted(IMAGENET_BEYOND_TABLE))
+def test_beyond_recipe_has_its_sources_settings_and_plus_plus_adds_nd(method):
+    epochs, batch, lr, terms = IMAGENET_BEYOND_TABLE[method]
+    for variant, expected in (("", terms), ("++", [*terms, ("nd", 1.0, {}, 0, 0)])):
+        config = load_config(BEYOND / f"{method}{variant}" / "resnet34_resnet18.yaml")
+        assert (config.teacher.arch, config.student.arch) == (
+            "torchvision:resnet34",
+            "torchvision:resnet18",
+        )
+        assert [
+            (t.name, t.weight, t.params, t.warmup_epochs, t.warmup_from) for t in config.terms
+        ] == expected
+        train = config.train
+        assert (train.epochs, train.batch_size, train.lr, train.nesterov) == (
+            epochs,
+            batch,
+            lr,
+            False,
+        )
+        assert (train.milestones, train.weight_decay) == ([30, 60, 90], 1e-4)
+    assert {p.parent.name for p in BEYOND_RECIPES} == {
+        f"{m}{v}" for m in IMAGENET_BEYOND_TABLE for v in ("", "++")
+    }
+
+
+@pytest.mark.parametrize("recipe", BEYOND_RECIPES, ids=lambda p: p.parent.name)
+def test_beyond_recipe_dry_runs(recipe, image_root, teachers, tmp_path, capsys):
+    overrides = _small_run(load_config(recipe), image_root, teachers, tmp_path)
+    assert main(["train", "-c", str(recipe), "--dry-run", *overrides]) == 0
+    assert "config ok" in capsys.readouterr().out

@@ -32,6 +32,7 @@ LAYERS = {
     "experiment": 6,
     "console": 6,
     "analysis": 7,
+    "export": 7,
     "demo": 8,
     "sweep": 8,
     "cli": 9,

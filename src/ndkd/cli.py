@@ -164,6 +164,24 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from ndkd.export import export_run
+
+    result = export_run(
+        args.run_dir,
+        args.format,
+        checkpoint=args.checkpoint,
+        output=args.output,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {result.folder}: {result.model_file.name} ({result.exporter}), config.yaml, "
+        f"README.md; check passed, max abs diff {result.max_abs_diff:.3g} on "
+        f"{result.samples} test images"
+    )
+    return 0
+
+
 _DEMO_TASKS = ("classification", "multilabel", "detection")
 
 
@@ -424,6 +442,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights to evaluate (also checkpoint=PATH); default: output_dir/last.pt",
     )
     evaluate.set_defaults(handler=_eval)
+
+    export = commands.add_parser(
+        "export",
+        help="export a run's student (logits only, eval mode) as safetensors, ONNX or "
+        "TorchScript, checked against PyTorch on test images, with a model card",
+        description="Write the student of RUN_DIR alone (no teacher, method modules or "
+        "optimizer) into a folder: the model file, the resolved config.yaml and a model card "
+        "README.md. The export is loaded back and its logits compared with the PyTorch "
+        "student's on a few batches of the run's test split. Needs ndkd[export] for ONNX.",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by ndkd train")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=("safetensors", "onnx", "torchscript"),
+        help="safetensors: the state dict in the source's key layout; onnx; torchscript",
+    )
+    export.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="last.pt or best.pt (default: %(default)s)",
+    )
+    export.add_argument(
+        "-o", "--output", help="folder to write (default: RUN_DIR/export-FORMAT-CHECKPOINT)"
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output folder"
+    )
+    export.set_defaults(handler=_export)
 
     convert = commands.add_parser(
         "convert-centers",

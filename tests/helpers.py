@@ -73,3 +73,24 @@ def with_trained_statistics(model: nn.Module) -> nn.Module:
             module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(c, generator=generator) * 0.1)
     return model.eval()
+
+
+def train_digits_ce_run(folder: Path) -> Path:
+    """A one-epoch resnet8 CE run on digits (seed 3) in ``folder/run``; returns that folder."""
+    from ndkd import experiment
+    from ndkd.config import load_config
+
+    path = folder / "run.yaml"
+    path.write_text(f"""
+recipe: digits/ce/resnet8
+seed: 3
+device: cpu
+output_dir: {folder / "run"}
+data: {{name: digits}}
+student: {{arch: resnet8}}
+train: {{epochs: 1, batch_size: 128, lr: 0.05, milestones: [1]}}
+terms:
+  - {{name: ce, weight: 1.0}}
+""")
+    experiment.train(load_config(path))
+    return folder / "run"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ndkd
-from ndkd import experiment
+from helpers import train_digits_ce_run
 from ndkd.analysis.runs import read_run
 from ndkd.cli import main
 from ndkd.config import load_config
@@ -29,21 +29,7 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A one-epoch resnet8 CE run on digits."""
-    folder = tmp_path_factory.mktemp("export")
-    path = folder / "run.yaml"
-    path.write_text(f"""
-recipe: digits/ce/resnet8
-seed: 3
-device: cpu
-output_dir: {folder / "run"}
-data: {{name: digits}}
-student: {{arch: resnet8}}
-train: {{epochs: 1, batch_size: 128, lr: 0.05, milestones: [1]}}
-terms:
-  - {{name: ce, weight: 1.0}}
-""")
-    experiment.train(load_config(path))
-    return folder / "run"
+    return train_digits_ce_run(tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")

@@ -167,6 +167,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ndkd.export import export_run
 
+    if args.private and not args.push_to_hub:
+        raise ValueError("--private applies to --push-to-hub REPO_ID only")
     result = export_run(
         args.run_dir,
         args.format,
@@ -179,6 +181,11 @@ def _export(args: argparse.Namespace) -> int:
         f"README.md; check passed, max abs diff {result.max_abs_diff:.3g} on "
         f"{result.samples} test images"
     )
+    if args.push_to_hub:
+        from ndkd.export.hub import push_to_hub
+
+        url = push_to_hub(result.folder, args.push_to_hub, private=args.private)
+        print(f"pushed {result.folder} to {url}")
     return 0
 
 
@@ -470,6 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--overwrite", action="store_true", help="replace an existing output folder"
+    )
+    export.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        help="after the export, upload its folder to the Hugging Face model repo REPO_ID "
+        "(created if needed; token from HF_TOKEN or `hf auth login`; needs ndkd[hub])",
+    )
+    export.add_argument(
+        "--private", action="store_true", help="with --push-to-hub: create the repo private"
     )
     export.set_defaults(handler=_export)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from ndkd.analysis.runs import CONFIG, TASK_METRICS, Run, read_run
@@ -331,6 +332,7 @@ def model_card(run: Run, config: RunConfig, checkpoint: str, result: ExportResul
     status = "complete" if run.complete else "UNFINISHED"
     check = "passed" if result.passed else "FAILED"
     lines = [
+        *hub_front_matter(config, result.format),
         f"# {config.recipe or 'ndkd run'}: {config.student.arch} student",
         "",
         f"Exported by `ndkd export` from `{run.path}` (`{checkpoint}.pt`) as **{result.format}**.",
@@ -373,6 +375,18 @@ def model_card(run: Run, config: RunConfig, checkpoint: str, result: ExportResul
         "",
     ]
     return "\n".join(lines)
+
+
+def hub_front_matter(config: RunConfig, fmt: str) -> list[str]:
+    """The card's YAML header for the Hugging Face Hub (library, tags, pipeline), then a blank
+    line."""
+    tags = ["knowledge-distillation", "ndkd", fmt, config.task]
+    if config.data.name:
+        tags.append(str(config.data.name))
+    header = {"library_name": "ndkd", "tags": list(dict.fromkeys(tags))}
+    if config.task in ("classification", "multilabel"):
+        header["pipeline_tag"] = "image-classification"
+    return ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", ""]
 
 
 def _usage_safetensors(config: RunConfig, classes: int, channels: int) -> list[str]:

@@ -12,45 +12,57 @@ from torch import nn
 TEACHER, STUDENT = "wrn_16_2", "resnet8"  # 128-d vs 64-d embeddings: the nd projector is used
 
 
+def write_digits_config(
+    folder: Path,
+    terms: list[str],
+    *,
+    name: str = "run.yaml",
+    teacher: Path | None = None,
+    centers: Path | None = None,
+    epochs: int = 1,
+    batch_size: int = 64,
+    milestones: int = 1,
+    head: str = "seed: 0",
+) -> Path:
+    """``folder/name``: a run on digits of the resnet8 student writing ``folder/run``, with
+    the wrn_16_2 ``teacher`` checkpoint and ``centers`` when given, and ``terms`` (YAML flow
+    mappings, e.g. ``"{name: ce, weight: 0.1}"``); ``head`` opens the file."""
+    lines = [head, "device: cpu", f"output_dir: {folder / 'run'}", "data: {name: digits}"]
+    if teacher is not None:
+        lines.append(f"teacher: {{arch: {TEACHER}, checkpoint: {teacher}}}")
+    lines.append(f"student: {{arch: {STUDENT}}}")
+    if centers is not None:
+        lines.append(f"centers: {{path: {centers}}}")
+    lines.append(
+        f"train: {{epochs: {epochs}, batch_size: {batch_size}, lr: 0.05, "
+        f"milestones: [{milestones}]}}"
+    )
+    lines += ["terms:", *(f"  - {term}" for term in terms)]
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def write_kdpp_config(
     folder: Path, teacher: tuple[Path, Path], epochs: int = 3, batch_size: int = 64
 ) -> Path:
     """A KD++ run on digits: CE + KD (warm-up) + ND with a projector."""
     checkpoint, centers = teacher
-    path = folder / "kdpp.yaml"
-    path.write_text(f"""
-seed: 0
-device: cpu
-output_dir: {folder / "run"}
-data: {{name: digits}}
-teacher: {{arch: {TEACHER}, checkpoint: {checkpoint}}}
-student: {{arch: {STUDENT}}}
-centers: {{path: {centers}}}
-train: {{epochs: {epochs}, batch_size: {batch_size}, lr: 0.05, milestones: [2]}}
-terms:
-  - {{name: ce, weight: 1.0}}
-  - {{name: kd, weight: 1.0, temperature: 4.0, warmup_epochs: 2}}
-  - {{name: nd, weight: 2.0}}
-""")
-    return path
-
-
-def write_digits_run(folder: Path, checkpoint: Path, terms: list[str], batch_size: int) -> Path:
-    """A one-epoch run on digits of the resnet8 student with the wrn_16_2 ``checkpoint`` as
-    teacher and ``terms`` (YAML flow mappings, e.g. ``"{name: ce, weight: 0.1}"``)."""
-    path = folder / "run.yaml"
-    listed = "".join(f"\n  - {term}" for term in terms)
-    path.write_text(f"""
-seed: 0
-device: cpu
-output_dir: {folder / "run"}
-data: {{name: digits}}
-teacher: {{arch: {TEACHER}, checkpoint: {checkpoint}}}
-student: {{arch: {STUDENT}}}
-train: {{epochs: 1, batch_size: {batch_size}, lr: 0.05, milestones: [1]}}
-terms:{listed}
-""")
-    return path
+    terms = [
+        "{name: ce, weight: 1.0}",
+        "{name: kd, weight: 1.0, temperature: 4.0, warmup_epochs: 2}",
+        "{name: nd, weight: 2.0}",
+    ]
+    return write_digits_config(
+        folder,
+        terms,
+        name="kdpp.yaml",
+        teacher=checkpoint,
+        centers=centers,
+        epochs=epochs,
+        batch_size=batch_size,
+        milestones=2,
+    )
 
 
 def ndkd_command(*args: str) -> list[str]:
@@ -80,17 +92,11 @@ def train_digits_ce_run(folder: Path) -> Path:
     from ndkd import experiment
     from ndkd.config import load_config
 
-    path = folder / "run.yaml"
-    path.write_text(f"""
-recipe: digits/ce/resnet8
-seed: 3
-device: cpu
-output_dir: {folder / "run"}
-data: {{name: digits}}
-student: {{arch: resnet8}}
-train: {{epochs: 1, batch_size: 128, lr: 0.05, milestones: [1]}}
-terms:
-  - {{name: ce, weight: 1.0}}
-""")
+    path = write_digits_config(
+        folder,
+        ["{name: ce, weight: 1.0}"],
+        batch_size=128,
+        head="recipe: digits/ce/resnet8\nseed: 3",
+    )
     experiment.train(load_config(path))
     return folder / "run"

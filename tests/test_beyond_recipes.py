@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ndkd.config import load_config
-from test_published_recipes import BENCHMARK, CIFAR, LIGHT, PAIRS
+from test_published_recipes import BENCHMARK, CIFAR, LIGHT, PAIRS, term_rows
 from test_recipes import PAIRS as KDPP_WEIGHTS  # (kd weight, nd weight) of the KD++ recipes
 
 # sunshangquan/logit-standardization-KD: log file names TYPE,T,S,BASE_TEMP,KD_WEIGHT[,BETA]
@@ -45,16 +45,12 @@ def _expected(method: str, pair: str) -> list[tuple]:
 METHODS = ("kd_ls", "dkd_ls", "ctkd", "nkd")
 
 
-def _terms(config) -> list[tuple]:
-    return [(t.name, t.weight, t.params, t.warmup_epochs, t.warmup_from) for t in config.terms]
-
-
 @pytest.mark.parametrize("pair", PAIRS)
 @pytest.mark.parametrize("method", METHODS)
 def test_recipe_has_its_sources_settings_and_plus_plus_adds_nd(method, pair):
     config = load_config(CIFAR / method / f"{pair}.yaml")
     assert f"{config.teacher.arch}_{config.student.arch}" == pair
-    assert _terms(config) == _expected(method, pair)
+    assert term_rows(config) == _expected(method, pair)
     train = config.train
     light = config.student.arch in LIGHT
     assert train.lr == (BENCHMARK["light_lr"] if light else BENCHMARK["lr"])
@@ -62,7 +58,7 @@ def test_recipe_has_its_sources_settings_and_plus_plus_adds_nd(method, pair):
     assert (train.epochs, train.milestones) == (240, [150, 180, 210])
     plus = load_config(CIFAR / f"{method}++" / f"{pair}.yaml")
     nd_weight = KDPP_WEIGHTS[pair][1]
-    assert _terms(plus) == [*_terms(config), ("nd", nd_weight, {}, 0, 0)]
+    assert term_rows(plus) == [*term_rows(config), ("nd", nd_weight, {}, 0, 0)]
     assert plus.centers == config.centers and plus.centers.path
     mine, theirs = config.to_dict(), plus.to_dict()
     for key in ("terms", "output_dir", "recipe"):

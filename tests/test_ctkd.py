@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import write_digits_run
+from helpers import write_digits_config
 from ndkd import ModelOutput
 from ndkd.cli import main
 from ndkd.config import TermConfig
@@ -363,7 +363,7 @@ def test_distiller_passes_the_epoch_to_the_curriculum():
 def test_one_epoch_ndkd_train_on_digits_with_ce_and_ctkd(tmp_path, digits_teacher, params):
     checkpoint, _ = digits_teacher
     terms = ["{name: ce, weight: 0.1}", f"{{name: ctkd, weight: 0.9, {params}}}"]
-    config = write_digits_run(tmp_path, checkpoint, terms, batch_size=256)
+    config = write_digits_config(tmp_path, terms, teacher=checkpoint, batch_size=256)
     assert main(["train", "-c", str(config)]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert len(records) == 1 and math.isfinite(records[0]["loss/ctkd"])

@@ -18,6 +18,7 @@ from ndkd import ClassMeans
 from ndkd.cli import main
 from ndkd.config import load_config
 from ndkd.models import create_model
+from test_published_recipes import term_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET = ROOT / "configs" / "imagenet"
@@ -416,9 +417,7 @@ def test_beyond_recipe_has_its_sources_settings_and_plus_plus_adds_nd(method):
             "torchvision:resnet34",
             "torchvision:resnet18",
         )
-        assert [
-            (t.name, t.weight, t.params, t.warmup_epochs, t.warmup_from) for t in config.terms
-        ] == expected
+        assert term_rows(config) == expected
         train = config.train
         assert (train.epochs, train.batch_size, train.lr, train.nesterov) == (
             epochs,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import write_digits_run
+from helpers import write_digits_config
 from ndkd import ModelOutput
 from ndkd.config import TermConfig, load_config
 from ndkd.experiment import train
@@ -397,7 +397,7 @@ def test_one_epoch_on_digits_with_ce_and_mlkd(tmp_path, digits_teacher):
         "{name: ce, weight: 0.1}",
         "{name: mlkd, weight: 0.9, temperatures: [2, 3, 4, 5, 6], mask: scale}",
     ]
-    path = write_digits_run(tmp_path, checkpoint, terms, batch_size=64)
+    path = write_digits_config(tmp_path, terms, teacher=checkpoint, batch_size=64)
     train(load_config(path), step_progress=False)
     records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 1

@@ -83,7 +83,8 @@ def _expected_terms(method: str, pair: str) -> list[tuple]:
 PUBLISHED = ("kd", "dkd", "dist", "reviewkd", *FEATURE_TERMS)
 
 
-def _terms(config) -> list[tuple]:
+def term_rows(config) -> list[tuple]:
+    """``(name, weight, params, warmup_epochs, warmup_from)`` of each of ``config``'s terms."""
     return [(t.name, t.weight, t.params, t.warmup_epochs, t.warmup_from) for t in config.terms]
 
 
@@ -92,7 +93,7 @@ def _terms(config) -> list[tuple]:
 def test_published_recipe_has_its_sources_settings(method, pair):
     config = load_config(CIFAR / method / f"{pair}.yaml")
     assert f"{config.teacher.arch}_{config.student.arch}" == pair
-    assert _terms(config) == _expected_terms(method, pair)
+    assert term_rows(config) == _expected_terms(method, pair)
     schedule = REVIEWKD_SCHEDULE if method == "reviewkd" else BENCHMARK
     train = config.train
     light = config.student.arch in LIGHT

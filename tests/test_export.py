@@ -3,7 +3,6 @@ card's numbers are metrics.jsonl's; bad input is one line and exit 2."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -14,13 +13,12 @@ import torch
 
 import ndkd
 from helpers import train_digits_ce_run
-from ndkd.analysis.runs import read_run
 from ndkd.cli import main
 from ndkd.config import load_config
 from ndkd.data import build_dataset
 from ndkd.experiment import trained_student
 from ndkd.export import export_run
-from ndkd.export.core import ATOL, RTOL, _write_safetensors, fresh_student
+from ndkd.export.student import ATOL, RTOL, fresh_student, save_safetensors
 from ndkd.models import create_model
 
 pytest.importorskip("onnxruntime")
@@ -149,21 +147,6 @@ def test_cli_refuses_a_folder_without_config_or_checkpoint(
     assert not any(p.name.startswith("export") for p in copy.iterdir())
 
 
-def test_cli_refuses_a_detection_run(run_dir, tmp_path, capsys, monkeypatch):
-    import ndkd.export.core as core
-
-    def as_detection(path):
-        run = read_run(path)
-        return dataclasses.replace(run, config=dataclasses.replace(run.config, task="detection"))
-
-    monkeypatch.setattr(core, "read_run", as_detection)
-    out = tmp_path / "out"
-    assert main(["export", str(run_dir), "--format", "torchscript", "-o", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "detection students cannot be exported" in err[0]
-    assert not out.exists()
-
-
 def test_an_unfinished_run_exports_with_a_warning(run_dir, tmp_path, caplog):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
@@ -180,7 +163,7 @@ def test_safetensors_keys_are_torchvisions_own(tmp_path):
 
     student = create_model("torchvision:resnet18", 10).eval()
     path = tmp_path / "model.safetensors"
-    _write_safetensors(student, student, torch.zeros(1), path)
+    save_safetensors(student, path)
     from safetensors.torch import load_file
 
     model = torchvision.models.resnet18(num_classes=10).eval()
@@ -194,7 +177,7 @@ def test_safetensors_keys_are_timms_own(tmp_path):
     timm = pytest.importorskip("timm")
     student = create_model("timm:test_resnet", 10).eval()
     path = tmp_path / "model.safetensors"
-    _write_safetensors(student, student, torch.zeros(1), path)
+    save_safetensors(student, path)
     from safetensors.torch import load_file
 
     model = timm.create_model("test_resnet", num_classes=10).eval()

@@ -178,8 +178,8 @@ def _export(args: argparse.Namespace) -> int:
     )
     print(
         f"wrote {result.folder}: {result.model_file.name} ({result.exporter}), config.yaml, "
-        f"README.md; check passed, max abs diff {result.max_abs_diff:.3g} on "
-        f"{result.samples} test images"
+        f"README.md; check passed, max abs diff {result.max_abs_diff:.3g} over "
+        f"{result.compared} of {result.samples} test images"
     )
     if args.push_to_hub:
         from ndkd.export.hub import push_to_hub

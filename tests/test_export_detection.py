@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from ndkd.cli import main
 from ndkd.config import load_config
@@ -21,6 +20,7 @@ from ndkd.export.detector import Match, inference_detector, match_detections
 from ndkd.export.student import ATOL, RTOL, jit_load
 from ndkd.models.detection import detect
 from test_detection_data import write_coco2017
+from test_detection_runs import _config as detection_config
 
 pytest.importorskip("onnxruntime")
 
@@ -30,36 +30,11 @@ KEEP_ALL = {"fasterrcnn_resnet18_fpn": "box_score_thresh", "retinanet_resnet18_f
 
 
 def _train(folder: Path, root: Path, arch: str) -> Path:
+    """A one-epoch run of ``arch`` on the tiny COCO folder (test_detection_runs' config)."""
     output = folder / arch
-    config = folder / f"{arch}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "task": "detection",
-                "seed": 0,
-                "device": "cpu",
-                "output_dir": str(output),
-                "data": {
-                    "name": "coco",
-                    "root": str(root),
-                    "train_sizes": [48, 64],
-                    "test_size": 64,
-                    "max_size": 96,
-                },
-                "student": {"arch": arch, "options": {KEEP_ALL[arch]: 0.0}},
-                "train": {
-                    "epochs": 1,
-                    "batch_size": 2,
-                    "lr": 0.002,
-                    "weight_decay": 1.0e-4,
-                    "schedule": "cosine",
-                    "milestones": [],
-                },
-                "terms": [],
-            }
-        )
-    )
-    assert main(["train", "-c", str(config)]) == 0
+    student = {"arch": arch, "options": {KEEP_ALL[arch]: 0.0}}
+    config = detection_config(folder / f"{arch}.yaml", root, output, [], student=student)
+    assert main(["train", "-c", config]) == 0
     return output
 
 
@@ -115,6 +90,7 @@ def test_the_inference_detector_is_what_the_evaluation_scores(runs, arch):
         assert float(out["boxes"][:, [1, 3]].max()) <= height
 
 
+@pytest.mark.filterwarnings("ignore:.*always returns a")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_torchscript_is_scripted_and_takes_any_image_size(runs, arch, tmp_path):
     result = export_run(runs[arch], "torchscript", output=tmp_path / "ts")

@@ -124,5 +124,6 @@ def test_every_cifar_recipe_family_is_covered():
     families = {p.parent.relative_to(CIFAR).as_posix() for p in CIFAR.rglob("[!_]*.yaml")}
     published = set(PUBLISHED) | {f"controlled/{m}" for m in ("kd", "dkd", "dist", "reviewkd")}
     plus = {"kd++", "dkd++", "dist++", "reviewkd++"}  # tests/test_recipes.py and others
-    beyond = {f"{m}{v}" for m in ("kd_ls", "dkd_ls", "ctkd", "nkd") for v in ("", "++")}
-    assert families == published | plus | beyond | {"teacher", "baseline"}
+    beyond = {f"{m}{v}" for m in ("kd_ls", "dkd_ls", "ctkd", "nkd", "wttm") for v in ("", "++")}
+    two_view = {"mlkd_two_view", "mlkd_two_view++"}  # tests/test_mlkd_two_view_recipes.py
+    assert families == published | plus | beyond | two_view | {"teacher", "baseline"}

@@ -70,6 +70,12 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 TERM_KEYS = ("name", "weight", "warmup_epochs", "warmup_from")
 """Keys of a loss term read by the composition; every other key is a param of the term."""
 
+STRONG_VIEWS = ("mlkd",)
+"""The accepted non-empty values of ``data.strong_view``."""
+
+VIEW_DATA = ("cifar10", "cifar100", "digits", "digit_pairs")
+"""The data sets ``data.strong_view`` serves: the in-memory single-label sets."""
+
 WARMUP_FROM = (0, 1)
 """The values of a term's ``warmup_from``: the number of the first epoch in its warm-up."""
 
@@ -111,6 +117,14 @@ class DataConfig:
     repeated_augmentations: int = 0
     """Image folders: repeated augmentation (each sample seen this many times per epoch,
     differently augmented, on different processes; DeiT uses 3); 0: off."""
+    strong_view: str = ""
+    """A second, strongly augmented view of every training image, beside the weak one (the
+    data set's own training transform): ``mlkd``, MLKD's (Jin, Wang, Lin, CVPR 2023) crop
+    and flip, two random operations of their RandAugment and Cutout
+    (:mod:`ndkd.data.strong_augment`); empty: off. Each step then runs the student and the
+    teacher on each view separately; a term reads the weak view, or the one its name
+    names (``ce@strong``). In-memory single-label sets only (CIFAR, digits); training
+    batches are then made per sample with ``data.num_workers`` workers."""
     mixup: float = 0.0
     """Mixup of training batches: Beta(alpha, alpha) with this alpha (DeiT: 0.8); 0: off.
     The ``ce`` term then takes the mixed class weights as soft targets and ``nd`` the class
@@ -811,6 +825,7 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(
             f"task: {config.data.name} has {data_task} labels, found task: {config.task}"
         )
+    _check_strong_view(config)
     if config.task != "classification" and (config.data.mixup or config.data.cutmix):
         raise ConfigError(
             f"data.mixup/data.cutmix: single-label augmentations, not for {config.task}"
@@ -838,6 +853,31 @@ def _validate(config: RunConfig) -> None:
     duplicates = sorted({n for n in term_names if term_names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"terms: each term may appear once, found {duplicates} repeated")
+
+
+def _check_strong_view(config: RunConfig) -> None:
+    data = config.data
+    if not data.strong_view:
+        return
+    if data.strong_view not in STRONG_VIEWS:
+        raise ConfigError(
+            f"data.strong_view: expected one of {list(STRONG_VIEWS)} or empty (off), "
+            f"found {data.strong_view!r}"
+        )
+    if config.task != "classification":
+        raise ConfigError(
+            f"data.strong_view: a second view of classification images; task {config.task} has none"
+        )
+    if data.name not in VIEW_DATA:
+        raise ConfigError(
+            f"data.strong_view: serves the in-memory single-label sets {list(VIEW_DATA)}, "
+            f"not {data.name}"
+        )
+    if data.mixup or data.cutmix:
+        raise ConfigError(
+            "data.strong_view: not with data.mixup/data.cutmix (a mixed batch of two views "
+            "is not defined)"
+        )
 
 
 def _join(where: str, name: str) -> str:

@@ -10,12 +10,14 @@ import torch
 
 from ndkd.config import RunConfig
 from ndkd.data.sources import (
+    Splits,
     evaluation_loader,
     load_splits,
     probe_detection,
     probe_images,
     training_loader,
 )
+from ndkd.data.views import TwoViewDataset
 from ndkd.engine.distributed import DistInfo
 
 PROBE_BATCH = 2
@@ -70,9 +72,14 @@ def _resident(config: RunConfig, device: torch.device) -> torch.device | None:
 def train_loader_of(
     config: RunConfig, data: RunData, dist: DistInfo, device: torch.device, indices: bool
 ) -> Any:
-    """The training loader of this process (``indices``: also yield dataset indices)."""
+    """The training loader of this process (``indices``: also yield dataset indices).
+
+    With ``data.strong_view`` it yields two views of each image
+    (:class:`~ndkd.data.views.TwoViewDataset` over ``splits.train``, streamed with
+    ``data.num_workers`` workers); ``splits.train`` itself stays the one-view set that
+    class means, probes and evaluation read."""
     return training_loader(
-        data.splits.train,
+        training_set(config, data.splits),
         per_process_batch(config, dist),
         seed=config.seed,
         rank=dist.rank,
@@ -82,6 +89,18 @@ def train_loader_of(
         return_indices=indices,
         repeated_augmentations=config.data.repeated_augmentations,
     )
+
+
+def training_set(config: RunConfig, splits: Any) -> Any:
+    """The data set the training loader reads: ``splits.train``, or its two views."""
+    if not config.data.strong_view:
+        return splits.train
+    if not isinstance(splits, Splits):
+        raise ValueError(
+            f"data.strong_view: two views serve the in-memory single-label sets, not "
+            f"{config.data.name}"
+        )
+    return TwoViewDataset(splits.train, config.data.strong_view)
 
 
 def build_data(config: RunConfig, dist: DistInfo, device: torch.device) -> RunData:

@@ -13,6 +13,7 @@ from ndkd.config import RunConfig
 from ndkd.engine.distributed import DistInfo
 from ndkd.experiment.data import RunData, centers_loader
 from ndkd.methods import BuildContext, Distiller, FeatureSelector
+from ndkd.methods.base import MAIN_VIEW
 from ndkd.tasks import Task
 
 
@@ -70,6 +71,7 @@ def build_method(
         centers_path=config.centers.path,
         multi_label=config.task == "multilabel",
         teacher_features=teacher_features if teacher is not None else None,
+        views=tuple(getattr(task, "views", (MAIN_VIEW,))),
     )
     method = Distiller(config.terms, context).to(device)
     if method.requires_teacher and teacher is None:

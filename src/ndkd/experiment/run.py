@@ -13,6 +13,7 @@ from torch import nn
 
 from ndkd.centers.store import check_output_path
 from ndkd.config import RunConfig
+from ndkd.data.views import VIEWS
 from ndkd.engine import LAST, DistInfo, Trainer, init_distributed, read_env
 from ndkd.engine.checkpoint import load_checkpoint as load_run_checkpoint
 from ndkd.engine.tensorboard import TensorBoardSink
@@ -39,7 +40,8 @@ def batch_mixer(config: RunConfig, num_classes: int) -> BatchMixer | None:
 
 def run_task(config: RunConfig, splits: Any, training: bool = True) -> Task:
     """The task of ``config.task`` for ``splits`` (``training``: with the batch mixing of
-    the config; evaluation never mixes)."""
+    the config; evaluation never mixes; with ``data.strong_view`` a classification task's
+    training batches hold two views)."""
     if config.task == "multilabel":
         return build_task(
             "multilabel", classes=list(splits.classes), ap_definition=splits.ap_definition
@@ -57,7 +59,9 @@ def run_task(config: RunConfig, splits: Any, training: bool = True) -> Task:
             metric=splits.metric,
         )
     mixer = batch_mixer(config, splits.num_classes) if training else None
-    return build_task(config.task, mixer=mixer)
+    return build_task(
+        config.task, mixer=mixer, views=VIEWS if config.data.strong_view else VIEWS[:1]
+    )
 
 
 @dataclass

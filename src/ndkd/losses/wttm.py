@@ -18,15 +18,16 @@ def wttm_loss(
     reduction: Reduction = "batch",
 ) -> torch.Tensor:
     """WTTM distillation term, ``1/N sum_i U_gamma(p_i) * KL(p_i^gamma || q_i)`` (the WTTM
-    objective of Sec. 4, without its cross-entropy and its weight ``beta``).
+    objective, Eq. 23 of the paper (Sec. 4), without its cross-entropy and its weight
+    ``beta``).
 
     ``p = softmax(z_t)`` is the teacher's distribution and ``q = softmax(z_s)`` the
     student's, both at temperature 1 (no temperature on the student: "transformed teacher
     matching"). The teacher is power transformed and renormalized,
     ``p^gamma_j = p_j^gamma / U_gamma(p)``, with the power sum ``U_gamma(p) = sum_j p_j^gamma``
-    as the sample-adaptive weight (in ``[1, C^(1-gamma)]`` for ``gamma < 1``: larger for a
+    (Eq. 22) as the sample-adaptive weight (in ``[1, C^(1-gamma)]`` for ``gamma < 1``: larger for a
     smoother teacher). ``p^gamma`` equals ``softmax(z_t / T)`` with ``T = 1 / gamma``.
-    ``weighted=False`` drops the weight: TTM (Sec. 3), ``KL(p^gamma || q)``.
+    ``weighted=False`` drops the weight: TTM (Eq. 2, Sec. 3), ``KL(p^gamma || q)``.
 
     Matches the authors' ``WTTM`` / ``TTM`` classes (zkxufo/TTM,
     ``distiller_zoo/wttm.py``, ``ttm.py``; their ``l`` is ``gamma``): the weight is the raw

@@ -29,6 +29,12 @@ class TermSpec(Protocol):
 
 FeatureSelector = Callable[[ModelOutput], torch.Tensor]
 
+MAIN_VIEW = "weak"
+"""The name of a step's main view: the training images under the data set's own transform
+(a term named without a view suffix reads it)."""
+VIEW_SEPARATOR = "@"
+"""A term named ``<term>@<view>`` (e.g. ``ce@strong``) reads that view of the step."""
+
 
 @dataclass
 class StepOutputs:
@@ -76,6 +82,8 @@ class BuildContext:
     ``teacher_features(select)`` returns ``select(output)`` of the teacher for every
     training sample (one pass, with ``centers.transform``'s augmentation, gathered over
     processes, rows in no particular order) as a float32 CPU tensor ``[N, D]``.
+    ``views``: the names of the views each training step has, the main one first (a second
+    view: ``data.strong_view``); the probes are of the main view.
     """
 
     num_classes: int
@@ -90,6 +98,7 @@ class BuildContext:
     centers_path: str | None = None
     multi_label: bool = False
     teacher_features: Callable[[FeatureSelector], torch.Tensor] | None = None
+    views: tuple[str, ...] = (MAIN_VIEW,)
 
 
 class Term(nn.Module):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from ndkd.methods.base import BuildContext, StepOutputs, TermSpec
-from ndkd.methods.registry import build_term
+from ndkd.methods.base import MAIN_VIEW, VIEW_SEPARATOR, BuildContext, StepOutputs, TermSpec
+from ndkd.methods.registry import available, build_term
 
 
 class Distiller(nn.Module):
@@ -21,12 +22,20 @@ class Distiller(nn.Module):
     so the first epoch already has ``1 / warmup_epochs`` of the weight (mdistiller, DKD's
     official code). The engine sums the returned values and logs each of them. The terms
     see the step outputs with ``epoch`` set to the engine's epoch.
+
+    Views: a step may have several views of its images (``context.views``, the main one
+    first). A term named ``<term>@<view>`` is the registered term ``<term>`` reading view
+    ``<view>``; a plain name reads the main view. The loss is returned (and logged) under
+    the full name, so ``mlkd`` and ``mlkd@strong`` are two terms with their own weights.
+    A term naming a view the run does not have is refused when the method is built.
     """
 
     def __init__(self, terms: list[TermSpec], context: BuildContext) -> None:
         super().__init__()
+        views = tuple(context.views)
+        self.views = {term.name: term_view(term.name, views) for term in terms}
         self.terms = nn.ModuleDict(
-            {term.name: build_term(term.name, context, term.params) for term in terms}
+            {term.name: _build(term.name, context, term.params) for term in terms}
         )
         for name, term in self.terms.items():
             if context.multi_label and term.reads_class_labels:
@@ -57,13 +66,65 @@ class Distiller(nn.Module):
         factor = 1.0 if warmup <= 0 else min(1.0, counted / warmup)
         return self.weights[name] * factor
 
-    def forward(self, outputs: StepOutputs, epoch: int) -> dict[str, torch.Tensor]:
-        if outputs.epoch != epoch:
-            outputs = dataclasses.replace(outputs, epoch=epoch)  # what the terms see
+    def forward(
+        self, outputs: StepOutputs | Mapping[str, StepOutputs], epoch: int
+    ) -> dict[str, torch.Tensor]:
+        """``{term name: weighted loss}`` of one step: ``outputs`` of the main view, or of
+        each view by name (every view a term reads must be there)."""
+        by_view = {MAIN_VIEW: outputs} if isinstance(outputs, StepOutputs) else dict(outputs)
+        for view, rows in by_view.items():
+            if rows.epoch != epoch:
+                by_view[view] = dataclasses.replace(rows, epoch=epoch)  # what the terms see
         losses = {}
         for name, term in self.terms.items():
-            losses[name] = term(outputs) * self.weight_at(name, epoch)
+            view = self.views[name]
+            if view not in by_view:
+                raise ValueError(
+                    f"loss term {name!r} reads view {view!r}, but the step gave the views "
+                    f"{', '.join(by_view)}"
+                )
+            losses[name] = term(by_view[view]) * self.weight_at(name, epoch)
         return losses
+
+
+def split_term_name(name: str) -> tuple[str, str | None]:
+    """``"<term>@<view>"`` -> ``(term, view)``; a plain name -> ``(name, None)``."""
+    kind, separator, view = name.partition(VIEW_SEPARATOR)
+    if separator and (not kind or not view or VIEW_SEPARATOR in view):
+        raise ValueError(
+            f"loss term {name!r}: a view is named as <term>{VIEW_SEPARATOR}<view>, "
+            f"e.g. ce{VIEW_SEPARATOR}strong"
+        )
+    return kind, view if separator else None
+
+
+def term_view(name: str, views: tuple[str, ...]) -> str:
+    """The view term ``name`` reads among ``views`` (the main one first), checked."""
+    view = split_term_name(name)[1]
+    if view is None:
+        return views[0] if views else MAIN_VIEW
+    if view not in views:
+        extra = "" if len(views) > 1 else " (a second view comes from data.strong_view)"
+        raise ValueError(
+            f"loss term {name!r} reads view {view!r}, but this run has the view"
+            f"{'s' if len(views) > 1 else ''} {', '.join(views)}{extra}"
+        )
+    return view
+
+
+def _build(name: str, context: BuildContext, params: dict) -> nn.Module:
+    """The term of (possibly view-suffixed) ``name``; its errors name the full name."""
+    kind, view = split_term_name(name)
+    if view is None:
+        return build_term(kind, context, params)
+    if kind not in available():
+        raise ValueError(
+            f"unknown loss term {kind!r} in {name!r}; available: {', '.join(available())}"
+        )
+    try:
+        return build_term(kind, context, params)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from error
 
 
 def _warmup_from(term: TermSpec) -> int:

@@ -37,6 +37,10 @@ class MLKDTerm(Term):
 
     The weight is the authors' ``KD_WEIGHT`` (0.9 on CIFAR-100 next to ``ce`` 0.1; 0.5 and
     0.5 on ImageNet).
+
+    Their two-view training (``data.strong_view: mlkd``) is this term on each view, routed
+    by name: ``mlkd`` on the weak view, ``mlkd@strong`` with ``levels: [instance]`` and
+    ``mask: none`` on the strong one (``configs/cifar100/mlkd_two_view/``).
     """
 
     requires_teacher = True

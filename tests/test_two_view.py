@@ -1,0 +1,320 @@
+"""Two-view training (data.strong_view, MLKD's protocol): the batch contract of the
+classification task, one model pass per view, terms routed to a view by ``<term>@<view>``,
+the refusals, and a one-epoch CLI run on digits."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from helpers import write_digits_config
+from ndkd import ModelOutput
+from ndkd.analysis.recipes import group_runs
+from ndkd.analysis.runs import Run
+from ndkd.cli import main
+from ndkd.config import ConfigError, TermConfig, from_dict, load_config
+from ndkd.data import ImageTensorDataset, cifar_transform
+from ndkd.data.streaming import TrainLoader
+from ndkd.data.views import TwoViewDataset
+from ndkd.losses.kd import kd_loss
+from ndkd.losses.mlkd import confidence_masks, mlkd_loss
+from ndkd.methods import BuildContext, Distiller, StepOutputs
+from ndkd.tasks import ClassificationTask
+from ndkd.tasks.classification import AccuracyMeter, ViewOutputs
+
+VIEWS = ("weak", "strong")
+
+
+class TinyNet(nn.Module):
+    """Conv + BatchNorm + linear head with the ndkd output contract."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        embedding = F.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+        return ModelOutput(self.fc(embedding), embedding)
+
+
+def two_view_batch(batch_size: int = 8):
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    source = ImageTensorDataset(
+        images, torch.arange(16) % 10, 10, cifar_transform("cifar100", train=True)
+    )
+    loader = TrainLoader(TwoViewDataset(source), batch_size, seed=0, pin_memory=False)
+    return next(iter(loader))
+
+
+def test_the_loader_batch_and_the_task_batch():
+    raw = two_view_batch()
+    (weak, strong), labels = raw
+    task = ClassificationTask(views=VIEWS)
+    batch = task.to_device(raw, torch.device("cpu"), torch.channels_last, train=True)
+    assert torch.equal(batch.images, weak) and torch.equal(batch.labels, labels)
+    assert list(batch.extra_views) == ["strong"]
+    assert torch.equal(batch.extra_views["strong"], strong)
+    assert batch.extra_views["strong"].is_contiguous(memory_format=torch.channels_last)
+    one_view = task.to_device((weak, labels), torch.device("cpu"), None)  # evaluation
+    assert one_view.extra_views == {}
+    with pytest.raises(ValueError, match="a batch of 2 views, but the task has the views weak"):
+        ClassificationTask().to_device(raw, torch.device("cpu"), None)
+
+
+def test_each_view_is_its_own_pass_with_its_own_batch_statistics():
+    raw = two_view_batch()
+    task = ClassificationTask(views=VIEWS)
+    batch = task.to_device(raw, torch.device("cpu"), None, train=True)
+    model = TinyNet().train()
+    reference = copy.deepcopy(model)
+    out = task.forward(model, batch)
+    assert isinstance(out, ViewOutputs) and list(out.views) == ["weak", "strong"]
+    weak, strong = reference(batch.images), reference(batch.extra_views["strong"])
+    torch.testing.assert_close(out["weak"].logits, weak.logits, rtol=0, atol=0)
+    torch.testing.assert_close(out["strong"].logits, strong.logits, rtol=0, atol=0)
+    # one pass over both views would normalize with the pooled statistics: not the same
+    joint = copy.deepcopy(TinyNet().train())
+    joint.load_state_dict(reference.state_dict())
+    pooled = joint(torch.cat([batch.images, batch.extra_views["strong"]])).logits[:8]
+    assert not torch.allclose(pooled, out["weak"].logits)
+    assert torch.equal(model.bn.running_mean, reference.bn.running_mean)  # two updates each
+
+
+def context(views=VIEWS) -> BuildContext:
+    student = ModelOutput(torch.randn(6, 10), torch.randn(6, 3))
+    return BuildContext(
+        10, student, ModelOutput(torch.randn(6, 10), torch.randn(6, 3)), views=views
+    )
+
+
+def outputs(seed: int) -> StepOutputs:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (6,), generator=generator)
+    student = ModelOutput(torch.randn(6, 10, generator=generator), torch.randn(6, 3))
+    teacher = ModelOutput(torch.randn(6, 10, generator=generator), torch.randn(6, 3))
+    return StepOutputs(student, teacher, labels)
+
+
+def test_terms_read_the_view_their_name_names():
+    terms = [
+        TermConfig("ce", 0.1),
+        TermConfig("ce@strong", 0.2),
+        TermConfig("mlkd", 0.9),
+        TermConfig(
+            "mlkd@strong",
+            0.9,
+            params={"temperatures": [4, 3, 5], "mask": "none", "levels": ["instance"]},
+        ),
+        TermConfig(
+            "mlkd@weak",
+            0.5,
+            params={"temperatures": [2, 6], "mask": "none", "levels": ["instance"]},
+        ),
+    ]
+    method = Distiller(terms, context())
+    weak, strong = outputs(1), outputs(2)
+    losses = method({"weak": weak, "strong": strong}, 0)
+    assert list(losses) == [t.name for t in terms]
+    s, t = weak.student.logits, weak.teacher.logits
+    s2, t2 = strong.student.logits, strong.teacher.logits
+    torch.testing.assert_close(losses["ce"], 0.1 * F.cross_entropy(s, weak.labels))
+    torch.testing.assert_close(losses["ce@strong"], 0.2 * F.cross_entropy(s2, strong.labels))
+    masked = mlkd_loss(s, t, (4, 3, 5, 2, 6), *confidence_masks(t))
+    torch.testing.assert_close(losses["mlkd"], 0.9 * masked)
+    kd_strong = sum(kd_loss(s2, t2, temperature) for temperature in (4, 3, 5))
+    torch.testing.assert_close(losses["mlkd@strong"], 0.9 * kd_strong)
+    kd_weak = sum(kd_loss(s, t, temperature) for temperature in (2, 6))
+    torch.testing.assert_close(losses["mlkd@weak"], 0.5 * kd_weak)
+    # a plain StepOutputs is the main view
+    alone = Distiller([TermConfig("ce", 1.0), TermConfig("ce@weak", 2.0)], context(("weak",)))
+    values = alone(weak, 0)
+    torch.testing.assert_close(values["ce@weak"], 2 * values["ce"])
+
+
+def test_the_task_gives_the_method_one_step_per_view():
+    raw = two_view_batch(6)
+    task = ClassificationTask(views=VIEWS)
+    batch = task.to_device(raw, torch.device("cpu"), None, train=True)
+    student, teacher = TinyNet().train(), TinyNet().eval()
+    student_out = task.forward(student, batch)
+    with torch.no_grad():
+        teacher_out = task.forward(teacher, batch)
+    seen = {}
+
+    def method(rows, epoch):
+        seen.update(rows)
+        return {}
+
+    task.step_losses(method, student_out, teacher_out, batch, 3)
+    assert list(seen) == ["weak", "strong"]
+    assert seen["strong"].student is not None
+    torch.testing.assert_close(seen["strong"].student.logits, student_out["strong"].logits)
+    torch.testing.assert_close(seen["strong"].teacher.logits, teacher_out["strong"].logits)
+    assert seen["strong"].images is batch.extra_views["strong"]
+    assert seen["weak"].images is batch.images
+
+
+def test_training_accuracy_is_the_weak_views():
+    labels = torch.arange(4)
+    right = ModelOutput(F.one_hot(labels, 10).float() * 5, torch.ones(4, 3))
+    wrong = ModelOutput(F.one_hot((labels + 1) % 10, 10).float() * 5, torch.ones(4, 3))
+    meter = AccuracyMeter(torch.device("cpu"), with_teacher=False)
+    batch = ClassificationTask(views=VIEWS).to_device(
+        ((torch.zeros(4, 3, 2, 2), torch.zeros(4, 3, 2, 2)), labels), torch.device("cpu"), None
+    )
+    meter.update(ViewOutputs({"weak": right, "strong": wrong}), None, batch)
+    assert meter.summarize(meter.totals().tolist())["train_top1"] == 100.0
+
+
+@pytest.mark.parametrize(
+    ("name", "views", "message"),
+    [
+        (
+            "ce@strong",
+            ("weak",),
+            "loss term 'ce@strong' reads view 'strong', but this run has the view weak "
+            r"\(a second view comes from data.strong_view\)",
+        ),
+        (
+            "ce@night",
+            VIEWS,
+            "loss term 'ce@night' reads view 'night', but this run has the views weak, strong",
+        ),
+        ("kd2@strong", VIEWS, "unknown loss term 'kd2' in 'kd2@strong'; available: "),
+        ("ce@", VIEWS, r"loss term 'ce@': a view is named as <term>@<view>, e.g. ce@strong"),
+        ("@strong", VIEWS, "loss term '@strong': a view is named as"),
+    ],
+)
+def test_a_term_naming_a_view_the_run_lacks_is_refused(name, views, message):
+    with pytest.raises(ValueError, match=message):
+        Distiller([TermConfig(name, 1.0)], context(views))
+
+
+def test_a_view_suffixed_term_names_itself_in_its_parameter_errors():
+    with pytest.raises(ValueError, match="mlkd@strong: loss term 'mlkd': unknown parameter 'tau'"):
+        Distiller([TermConfig("mlkd@strong", 1.0, params={"tau": 1.0})], context())
+
+
+BASE = {"student": {"arch": "resnet8"}, "terms": [{"name": "ce"}, {"name": "ce@strong"}]}
+
+
+@pytest.mark.parametrize(
+    ("data", "extra", "message"),
+    [
+        (
+            {"name": "cifar100", "strong_view": "fixmatch"},
+            {},
+            r"data.strong_view: expected one of \['mlkd'\] or empty \(off\), found 'fixmatch'",
+        ),
+        (
+            {"name": "imagefolder", "strong_view": "mlkd"},
+            {},
+            "data.strong_view: serves the in-memory single-label sets .* not imagefolder",
+        ),
+        (
+            {"name": "voc2007", "strong_view": "mlkd"},
+            {"task": "multilabel"},
+            "data.strong_view: a second view of classification images; task multilabel",
+        ),
+        (
+            {"name": "digit_boxes", "strong_view": "mlkd"},
+            {"task": "detection"},
+            "data.strong_view: a second view of classification images; task detection",
+        ),
+        (
+            {"name": "digits", "strong_view": "mlkd", "mixup": 0.2},
+            {},
+            "data.strong_view: not with data.mixup/data.cutmix",
+        ),
+    ],
+)
+def test_the_config_refuses_what_two_views_cannot_serve(data, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict({**BASE, **extra, "data": data})
+
+
+def test_the_default_leaves_the_data_section_one_view():
+    config = from_dict(BASE | {"terms": [{"name": "ce"}]})
+    assert config.data.strong_view == ""
+    assert config.to_dict()["data"]["strong_view"] == ""
+
+
+def test_a_strong_view_term_without_the_view_is_refused_by_the_cli(tmp_path, capsys):
+    path = write_digits_config(tmp_path, ["{name: ce}", "{name: ce@strong}"])
+    assert main(["train", "-c", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "ndkd train: error: loss term 'ce@strong' reads view 'strong', but this run has the "
+        "view weak (a second view comes from data.strong_view)"
+    ]
+
+
+def test_one_epoch_cli_train_on_digits_with_two_views(tmp_path, digits_teacher, capsys):
+    checkpoint, _ = digits_teacher
+    terms = [
+        "{name: ce, weight: 0.1}",
+        "{name: ce@strong, weight: 0.1}",
+        "{name: mlkd, weight: 0.9}",
+        "{name: mlkd@strong, weight: 0.9, temperatures: [4, 3, 5], mask: none, levels: [instance]}",
+    ]
+    path = write_digits_config(tmp_path, terms, teacher=checkpoint, batch_size=128)
+    text = path.read_text().replace(
+        "data: {name: digits}", "data: {name: digits, strong_view: mlkd}"
+    )
+    path.write_text(text)
+    assert main(["train", "-c", str(path)]) == 0
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1
+    for name in ("ce", "ce@strong", "mlkd", "mlkd@strong"):
+        assert records[0][f"loss/{name}"] > 0
+    assert records[0]["test_samples"] == 359
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored["data"]["strong_view"] == "mlkd"
+    assert load_config(run / "config.yaml").data.strong_view == "mlkd"
+
+
+def test_analyze_keeps_two_view_runs_apart_from_one_view_runs():
+    """Runs group by their whole resolved config: ``data.strong_view`` alone (here with
+    the same output folder) makes another row; the recipes' own folders label them."""
+    root = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
+    two_view = load_config(root / "mlkd_two_view" / "resnet56_resnet20.yaml")
+    raw = two_view.to_dict()
+    raw["data"]["strong_view"] = ""
+    one_view = from_dict(raw)
+    history = [{"epoch": 240, "test_top1": 70.0}]
+    runs = [Run(Path(f"r{i}"), config, history) for i, config in enumerate((two_view, one_view))]
+    groups = group_runs(runs)
+    assert len(groups) == 2 and groups[0].recipe_id != groups[1].recipe_id
+    assert {g.config.data.strong_view for g in groups} == {"", "mlkd"}
+    assert all(g.label.startswith("runs/cifar100/mlkd_two_view/resnet56_resnet20") for g in groups)
+
+
+def test_two_views_under_torchrun_with_two_processes(tmp_path, digits_teacher):
+    """DDP over the student's two passes per step, each process its share of the views."""
+    checkpoint, _ = digits_teacher
+    terms = ["{name: ce, weight: 0.5}", "{name: ce@strong, weight: 0.5}", "{name: mlkd@strong}"]
+    path = write_digits_config(tmp_path, terms, teacher=checkpoint, batch_size=128)
+    text = path.read_text().replace("{name: digits}", "{name: digits, strong_view: mlkd}")
+    path.write_text(text)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", "-m", "ndkd", "train", "-c", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["test_samples"] == 359
+    assert all(record[f"loss/{name}"] > 0 for name in ("ce", "ce@strong", "mlkd@strong"))

@@ -32,6 +32,8 @@ CELLS = {
     "ablations/table5/layer2/resnet32x4_shufflenetv1": 75.72,
     "imagenet/dkd++/resnet50_mobilenet_v1": 72.63,
     "detection/coco/resnet101_resnet18/reviewkd++": 37.43,
+    "cifar100/wttm/resnet32x4_shufflenetv2": 76.55,  # WTTM's Table 3
+    "imagenet/beyond/wttm/resnet34_resnet18": 72.19,  # WTTM's Table 5
 }
 
 

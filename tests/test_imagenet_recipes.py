@@ -378,7 +378,7 @@ def test_table6_recipe_trains_end_to_end(key, image_root, teachers, tmp_path):
 # ImageNet resnet34 -> resnet18, the methods that published one (sources in each file):
 # logit-standardization-KD README (mdistiller r34_r18/kd.yaml + --logit-stand --base-temp 2
 # --kd-weight 9), cls_KD res34_distill_res18_img.py, CTKD scripts/run_imagenet_distill.sh,
-# WTTM's Table 10 (gamma 0.8, beta 1.6).
+# WTTM's Table 10 (gamma 0.8, beta 1.6), MLKD's two-view configs/imagenet/r34_r18/kd_ours.yaml.
 BEYOND = IMAGENET / "beyond"
 IMAGENET_BEYOND_TABLE = {  # method: (epochs, batch, lr, terms)
     "kd_ls": (
@@ -401,6 +401,30 @@ IMAGENET_BEYOND_TABLE = {  # method: (epochs, batch, lr, terms)
         256,
         0.1,
         [("ce", 1.0, {}, 0, 0), ("wttm", 1.6, {"gamma": 0.8}, 0, 0)],
+    ),
+    "mlkd_two_view": (  # Jin-Ying/Multi-Level-Logit-Distillation r34_r18/kd_ours.yaml
+        100,
+        512,
+        0.1,
+        [
+            ("ce", 0.5, {}, 0, 0),
+            ("ce@strong", 0.5, {}, 0, 0),
+            ("mlkd", 0.5, {"temperatures": [1, 3, 5, 2, 6], "mask": "scale"}, 0, 0),
+            (
+                "mlkd@strong",
+                0.5,
+                {"temperatures": [1, 3, 5], "mask": "none", "levels": ["instance"]},
+                0,
+                0,
+            ),
+            (
+                "mlkd@weak",
+                0.5,
+                {"temperatures": [2, 6], "mask": "none", "levels": ["instance"]},
+                0,
+                0,
+            ),
+        ],
     ),
     "ctkd": (
         120,
@@ -433,6 +457,7 @@ def test_beyond_recipe_has_its_sources_settings_and_plus_plus_adds_nd(method):
             False,
         )
         assert (train.milestones, train.weight_decay) == ([30, 60, 90], 1e-4)
+        assert bool(config.data.strong_view) == method.endswith("two_view")
     assert {p.parent.name for p in BEYOND_RECIPES} == {
         f"{m}{v}" for m in IMAGENET_BEYOND_TABLE for v in ("", "++")
     }

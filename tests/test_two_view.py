@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -219,11 +220,6 @@ BASE = {"student": {"arch": "resnet8"}, "terms": [{"name": "ce"}, {"name": "ce@s
             r"data.strong_view: expected one of \['mlkd'\] or empty \(off\), found 'fixmatch'",
         ),
         (
-            {"name": "imagefolder", "strong_view": "mlkd"},
-            {},
-            "data.strong_view: serves the in-memory single-label sets .* not imagefolder",
-        ),
-        (
             {"name": "voc2007", "strong_view": "mlkd"},
             {"task": "multilabel"},
             "data.strong_view: a second view of classification images; task multilabel",
@@ -318,3 +314,63 @@ def test_two_views_under_torchrun_with_two_processes(tmp_path, digits_teacher):
     record = json.loads(line)
     assert record["test_samples"] == 359
     assert all(record[f"loss/{name}"] > 0 for name in ("ce", "ce@strong", "mlkd@strong"))
+
+
+def test_image_folder_views_are_the_folder_transform_then_the_policy(tmp_path):
+    """An image folder's weak view is its own training sample; the strong view is its
+    RandomResizedCrop and flip drawn again from the same generator, the policy, and the
+    same normalization."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    from ndkd.data.imagefolder import read_image_folders
+    from ndkd.data.strong_augment import mlkd_rand_augment
+    from ndkd.data.views import image_folder_views
+    from test_imagefolder import write_image_folder
+
+    splits = read_image_folders(write_image_folder(tmp_path, 3, 2, 40), 24, 28)
+    views = image_folder_views(splits.train.with_seed(5))
+    (weak, strong), label = views[(4, 1)]
+    plain, plain_label = splits.train.with_seed(5)[(4, 1)]
+    assert label == plain_label and torch.equal(weak, plain)
+    image = TF.pil_to_tensor(Image.open(splits.train.path(4)).convert("RGB"))
+    rng = np.random.default_rng([5, 1, 4])
+    transform = splits.train.transform
+    transform(image, rng)  # the weak view's draws come first
+    cropped = TF.to_pil_image(transform.crop_and_flip(image, rng))
+    expected = transform.normalize(TF.pil_to_tensor(mlkd_rand_augment(cropped, rng)))
+    assert strong.shape == weak.shape == (3, 24, 24)
+    assert torch.equal(strong, expected) and not torch.equal(strong, weak)
+    again = views[(4, 1)][0]
+    assert torch.equal(again[0], weak) and torch.equal(again[1], strong)
+    assert not torch.equal(views[(4, 2)][0][1], strong)  # another epoch, another draw
+    with pytest.raises(ValueError, match="training split"):
+        image_folder_views(splits.test)
+
+
+def test_one_epoch_cli_train_on_an_image_folder_with_two_views(tmp_path):
+    from test_imagefolder import write_image_folder
+
+    root = write_image_folder(tmp_path / "images", classes=4, per_class=4, size=40)
+    config = {
+        "seed": 0,
+        "device": "cpu",
+        "output_dir": str(tmp_path / "run"),
+        "data": {
+            "name": "imagefolder",
+            "root": str(root),
+            "image_size": 32,
+            "eval_resize": 36,
+            "num_workers": 0,
+            "strong_view": "mlkd",
+        },
+        "student": {"arch": "resnet8"},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 0.05, "milestones": []},
+        "terms": [{"name": "ce"}, {"name": "ce@strong", "weight": 0.5}],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "-c", str(path)]) == 0
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert record["loss/ce"] > 0 and record["loss/ce@strong"] > 0
+    assert record["test_samples"] == 16

@@ -73,9 +73,6 @@ TERM_KEYS = ("name", "weight", "warmup_epochs", "warmup_from")
 STRONG_VIEWS = ("mlkd",)
 """The accepted non-empty values of ``data.strong_view``."""
 
-VIEW_DATA = ("cifar10", "cifar100", "digits", "digit_pairs")
-"""The data sets ``data.strong_view`` serves: the in-memory single-label sets."""
-
 WARMUP_FROM = (0, 1)
 """The values of a term's ``warmup_from``: the number of the first epoch in its warm-up."""
 
@@ -123,8 +120,9 @@ class DataConfig:
     and flip, two random operations of their RandAugment and Cutout
     (:mod:`ndkd.data.strong_augment`); empty: off. Each step then runs the student and the
     teacher on each view separately; a term reads the weak view, or the one its name
-    names (``ce@strong``). In-memory single-label sets only (CIFAR, digits); training
-    batches are then made per sample with ``data.num_workers`` workers."""
+    names (``ce@strong``). Single-label sets only (CIFAR, digits, image folders: there the
+    strong view is RandomResizedCrop and flip, then the policy); training batches are then
+    made per sample with ``data.num_workers`` workers."""
     mixup: float = 0.0
     """Mixup of training batches: Beta(alpha, alpha) with this alpha (DeiT: 0.8); 0: off.
     The ``ce`` term then takes the mixed class weights as soft targets and ``nd`` the class
@@ -867,11 +865,6 @@ def _check_strong_view(config: RunConfig) -> None:
     if config.task != "classification":
         raise ConfigError(
             f"data.strong_view: a second view of classification images; task {config.task} has none"
-        )
-    if data.name not in VIEW_DATA:
-        raise ConfigError(
-            f"data.strong_view: serves the in-memory single-label sets {list(VIEW_DATA)}, "
-            f"not {data.name}"
         )
     if data.mixup or data.cutmix:
         raise ConfigError(

@@ -299,25 +299,31 @@ class ImageTransform:
     def __call__(self, image: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
         size = self.image_size
         if self.train:
-            if rng is None:
-                raise ValueError("the training transform needs a generator")
-            draws = rng.random(_CROP_DRAWS).tolist()
-            top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], draws)
-            image = F.resized_crop(image, top, left, h, w, [size, size], antialias=True)
-            if draws[40] < 0.5:
-                image = F.horizontal_flip(image)
+            image = self.crop_and_flip(image, rng)
             if self._augment is not None or self._erase is not None:
                 with _global_rngs_seeded_from(rng):
                     if self._augment is not None:
                         image = F.pil_to_tensor(self._augment(F.to_pil_image(image)))
-                    out = self._normalize(image)
+                    out = self.normalize(image)
                     return out if self._erase is None else self._erase(out)
         else:
             image = F.resize(image, [self.eval_resize], antialias=True)
             image = F.center_crop(image, [size, size])
-        return self._normalize(image)
+        return self.normalize(image)
 
-    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
+    def crop_and_flip(self, image: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+        """The training RandomResizedCrop to ``image_size`` and the horizontal flip, drawn
+        from ``rng`` (``uint8`` in, ``uint8`` out)."""
+        if rng is None:
+            raise ValueError("the training transform needs a generator")
+        size = self.image_size
+        draws = rng.random(_CROP_DRAWS).tolist()
+        top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], draws)
+        image = F.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+        return F.horizontal_flip(image) if draws[40] < 0.5 else image
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """``uint8`` ``[3, H, W]`` -> ``float32`` in [0, 1], normalized by mean and std."""
         return normalize_image(image, self._mean, self._std)
 
 

@@ -2,6 +2,11 @@
 a weak view (the data set's own training transform) and a strong one (a crop and flip drawn
 independently, then a strong policy, :mod:`ndkd.data.strong_augment`).
 
+Image folders (:func:`image_folder_views`): the folder's own dataset under
+:class:`FolderViews`, whose transform returns both views of the decoded image: the weak one
+is the folder's training transform, the strong one its RandomResizedCrop and flip drawn
+again, the policy, and the same normalization (the authors' ImageNet views).
+
 :class:`TwoViewDataset` wraps an in-memory :class:`~ndkd.data.datasets.ImageTensorDataset`
 (CIFAR, the bundled digit sets) as a :class:`~ndkd.data.streaming.SeededDataset`, so it runs
 through the streaming :class:`~ndkd.data.streaming.TrainLoader` with ``data.num_workers``
@@ -21,10 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from ndkd.data.augment import BatchTransform, normalize
 from ndkd.data.datasets import ImageTensorDataset
+from ndkd.data.imagefolder import ImageFolderDataset, ImageTransform
 from ndkd.data.streaming import SeededDataset
 from ndkd.data.strong_augment import POLICIES
 
@@ -142,3 +149,40 @@ def _from_pil(image: Image.Image) -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class FolderViews:
+    """The two-view transform of an image folder's training images: ``(weak, strong)`` of
+    one decoded ``uint8`` image, both drawn from the sample's generator (the weak view's
+    draws first)."""
+
+    weak: ImageTransform
+    policy: str
+
+    @property
+    def train(self) -> bool:
+        return True
+
+    def __call__(
+        self, image: torch.Tensor, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        weak = self.weak(image, rng)
+        cropped = F.to_pil_image(self.weak.crop_and_flip(image, rng))
+        strong = F.pil_to_tensor(POLICIES[self.policy](cropped, rng))
+        return weak, self.weak.normalize(strong)
+
+
+def image_folder_views(source: ImageFolderDataset, policy: str = "mlkd") -> ImageFolderDataset:
+    """``source`` (an image folder's training split) yielding ``((weak, strong), label)``.
+
+    Raises:
+        ValueError: an unknown policy, or ``source`` without a training transform.
+    """
+    if policy not in POLICIES:
+        raise ValueError(
+            f"unknown strong view {policy!r}; available: {', '.join(sorted(POLICIES))}"
+        )
+    if not source.transform.train:
+        raise ValueError("two views are made of the training split (its training transform)")
+    return source.with_transform(FolderViews(source.transform, policy))

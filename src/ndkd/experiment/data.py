@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ndkd.config import RunConfig
+from ndkd.data.imagefolder import ImageFolderSplits
 from ndkd.data.sources import (
     Splits,
     evaluation_loader,
@@ -17,7 +18,7 @@ from ndkd.data.sources import (
     probe_images,
     training_loader,
 )
-from ndkd.data.views import TwoViewDataset
+from ndkd.data.views import TwoViewDataset, image_folder_views
 from ndkd.engine.distributed import DistInfo
 
 PROBE_BATCH = 2
@@ -95,10 +96,12 @@ def training_set(config: RunConfig, splits: Any) -> Any:
     """The data set the training loader reads: ``splits.train``, or its two views."""
     if not config.data.strong_view:
         return splits.train
+    if isinstance(splits, ImageFolderSplits):
+        return image_folder_views(splits.train, config.data.strong_view)
     if not isinstance(splits, Splits):
         raise ValueError(
-            f"data.strong_view: two views serve the in-memory single-label sets, not "
-            f"{config.data.name}"
+            f"data.strong_view: two views serve the single-label sets (CIFAR, digits, image "
+            f"folders), not {config.data.name}"
         )
     return TwoViewDataset(splits.train, config.data.strong_view)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ndkd.config import load_config
-from test_published_recipes import BENCHMARK, CIFAR, LIGHT, PAIRS, term_rows
+from test_published_recipes import BENCHMARK, CIFAR, LIGHT, PAIRS, assert_adds_nd_only, term_rows
 from test_recipes import PAIRS as KDPP_WEIGHTS  # (kd weight, nd weight) of the KD++ recipes
 
 # sunshangquan/logit-standardization-KD: log file names TYPE,T,S,BASE_TEMP,KD_WEIGHT[,BETA]
@@ -73,10 +73,5 @@ def test_recipe_has_its_sources_settings_and_plus_plus_adds_nd(method, pair):
     assert (train.epochs, train.milestones) == (240, [150, 180, 210])
     plus = load_config(CIFAR / f"{method}++" / f"{pair}.yaml")
     nd_weight = KDPP_WEIGHTS[pair][1]
-    assert term_rows(plus) == [*term_rows(config), ("nd", nd_weight, {}, 0, 0)]
-    assert plus.centers == config.centers and plus.centers.path
-    mine, theirs = config.to_dict(), plus.to_dict()
-    for key in ("terms", "output_dir", "recipe"):
-        mine.pop(key), theirs.pop(key)
-    assert mine == theirs
+    assert_adds_nd_only(config, plus, nd_weight)
     assert plus.output_dir == f"runs/cifar100/{method}++/{pair}/seed0"

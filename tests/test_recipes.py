@@ -77,6 +77,7 @@ def test_recipe_dry_runs(recipe, cifar100_root, teachers, monkeypatch, tmp_path,
     )
     config = load_config(recipe)
     overrides = [f"data.root={cifar100_root}", f"output_dir={tmp_path / 'run'}", "device=cpu"]
+    overrides.append("data.num_workers=0")  # speed only (the two-view recipes set 4)
     if config.teacher.arch:
         checkpoint, centers = teachers[config.teacher.arch]
         overrides += [f"teacher.checkpoint={checkpoint}", f"centers.path={centers}"]

@@ -177,10 +177,19 @@ def test_matching_ignores_order_but_not_values_labels_or_counts():
     assert not match.ok and match.max_abs_diff == pytest.approx(0.0, abs=1e-6)
     relabelled = _detections([[5, 5, 20, 20], [0, 0, 10, 10]], [0.5, 0.9], [2, 2])
     assert not match_detections(relabelled, reference).ok
-    # one missing detection above the other side's lowest score: not a tie at a cut
+    # the lowest-scoring detection is checked like any other (no tie at that score)
+    lowest_wrong = _detections([[0, 0, 10, 10], [1, 1, 2, 2]], [0.9, 0.5], [1, 2])
+    assert not match_detections(lowest_wrong, reference).ok
     assert not match_detections(_detections([[0, 0, 10, 10]], [0.9], [1]), reference).ok
+    extra = _detections([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]], [0.9, 0.5, 0.5], [1, 2, 2])
+    assert not match_detections(extra, reference).ok  # the reference has no tie at 0.5
+    # one detection each, wrong box and label: nothing to excuse it
+    one = _detections([[0, 0, 10, 10]], [0.7], [1])
+    assert match_detections(_detections([[3, 3, 4, 4]], [0.7], [2]), one) == Match(
+        math.inf, 2, False
+    )
     # a duplicate cannot stand in for a missing detection (matching both ways)
-    doubled = _detections([[0, 0, 10, 10], [0, 0, 10, 10]], [0.5, 0.5], [1, 1])
+    doubled = _detections([[0, 0, 10, 10], [0, 0, 10, 10]], [0.5, 0.6], [1, 1])
     other = _detections([[0, 0, 10, 10], [0, 0, 10, 30]], [0.5, 0.6], [1, 1])
     assert not match_detections(doubled, other).ok
     assert match_detections(_detections([], [], []), reference) == Match(math.inf, 0, False)
@@ -188,36 +197,58 @@ def test_matching_ignores_order_but_not_values_labels_or_counts():
     assert match_detections(empty, empty) == Match(0.0, 0, True)
 
 
-def test_a_candidate_tied_with_the_last_kept_may_differ():
-    reference = _detections(
-        [[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 4, 4]], [0.9, 0.5, 0.3], [1, 2, 1]
+def test_only_a_few_candidates_tied_at_the_cut_may_differ():
+    """The RetinaNet case seen here: 108 detections, many tied at the lowest score; the
+    export kept one more candidate of that score (109)."""
+    boxes = [[i, i, i + 5, i + 5] for i in range(100)]
+    scores = [0.9 - 0.001 * i for i in range(90)] + [0.01] * 10
+    reference = _detections(boxes, scores, [1] * 100)
+    more = _detections([*boxes, [200, 200, 205, 205]], [*scores, 0.01], [1] * 101)
+    assert match_detections(more, reference) == Match(0.0, 1, True)
+    swapped = _detections([*boxes[:99], [300, 300, 305, 305]], scores, [1] * 100)
+    assert match_detections(swapped, reference) == Match(0.0, 2, True)
+    # but not many of them: 1 % of a side (at least one)
+    many = _detections(
+        [*boxes[:97], *[[300 + i, 300, 305 + i, 305] for i in range(3)]], scores, [1] * 100
     )
-    # the exported model kept another candidate of the same lowest score at the cut
-    exported = _detections(
-        [[0, 0, 10, 10], [5, 5, 20, 20], [2, 2, 8, 8]], [0.9, 0.5, 0.3], [1, 2, 2]
-    )
-    assert match_detections(exported, reference) == Match(0.0, 2, True)
-    # ... and one more of that score (one side keeps more at the cut)
-    more = _detections(
-        [*exported["boxes"].tolist(), [3, 3, 9, 9]], [0.9, 0.5, 0.3, 0.3], [1, 2, 2, 1]
-    )
-    assert match_detections(more, reference).ok
-    # not at the cut: a higher score left unmatched fails
-    higher = _detections([[0, 0, 10, 10], [5, 5, 20, 20], [2, 2, 8, 8]], [0.9, 0.5, 0.4], [1, 2, 2])
-    assert not match_detections(higher, reference).ok
+    assert not match_detections(many, reference).ok
+    # all scores equal and every box wrong: refused
+    flat = _detections(boxes[:10], [0.5] * 10, [1] * 10)
+    wrong = _detections([[b[0] + 50, *b[1:]] for b in boxes[:10]], [0.5] * 10, [1] * 10)
+    assert not match_detections(wrong, flat).ok
 
 
-def test_a_differing_export_is_refused_and_nothing_written(runs, tmp_path, monkeypatch, capsys):
+def _shift_first_image(found: list[dict]) -> None:
+    found[0]["boxes"] = found[0]["boxes"] + 0.5
+
+
+def _relabel_each_best(found: list[dict]) -> None:
+    for detections in found:
+        best = detections["scores"].argmax()
+        detections["labels"][best] = 3 - detections["labels"][best]  # 1 <-> 2
+
+
+def _drop_each_best(found: list[dict]) -> None:
+    for detections in found:
+        keep = torch.arange(len(detections["scores"])) != detections["scores"].argmax()
+        for key in ("boxes", "scores", "labels"):
+            detections[key] = detections[key][keep]
+
+
+@pytest.mark.parametrize("corrupt", [_shift_first_image, _relabel_each_best, _drop_each_best])
+def test_a_differing_export_is_refused_and_nothing_written(
+    corrupt, runs, tmp_path, monkeypatch, capsys
+):
     import ndkd.export.detector as detector_module
 
     real = detector_module.DetectorExport.read
 
-    def nudged(self, fmt, path, inputs):
+    def corrupted(self, fmt, path, inputs):
         found = real(self, fmt, path, inputs)
-        found[0]["boxes"] = found[0]["boxes"] + 0.5
+        corrupt(found)
         return found
 
-    monkeypatch.setattr(detector_module.DetectorExport, "read", nudged)
+    monkeypatch.setattr(detector_module.DetectorExport, "read", corrupted)
     out = tmp_path / "bad"
     assert main(["export", str(runs[ARCHS[0]]), "--format", "onnx", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

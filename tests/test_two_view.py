@@ -59,6 +59,30 @@ def two_view_batch(batch_size: int = 8):
     return next(iter(loader))
 
 
+def test_two_processes_share_the_views_of_disjoint_samples():
+    """Each rank's batches hold the two views of its own samples (both views of a sample on
+    the same rank, as the sample's draws make them), and the ranks together cover the epoch."""
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    source = ImageTensorDataset(
+        images, torch.arange(12) % 10, 10, cifar_transform("cifar100", train=True)
+    )
+    dataset = TwoViewDataset(source, seed=3)
+    seen = []
+    for rank in (0, 1):
+        loader = TrainLoader(
+            dataset, 3, seed=3, rank=rank, world_size=2, return_indices=True, pin_memory=False
+        )
+        loader.set_epoch(2)
+        for (weak, strong), labels, indices in loader:
+            for row, index in enumerate(indices.tolist()):
+                (w, st), label = dataset[(index, 2)]
+                assert torch.equal(weak[row], w) and torch.equal(strong[row], st)
+                assert int(labels[row]) == label
+            seen.append(indices.tolist())
+    flat = [i for batch in seen for i in batch]
+    assert sorted(flat) == list(range(12))  # disjoint shares covering the epoch
+
+
 def test_the_loader_batch_and_the_task_batch():
     raw = two_view_batch()
     (weak, strong), labels = raw

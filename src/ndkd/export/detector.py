@@ -18,14 +18,16 @@ evaluation scores (:meth:`ndkd.tasks.detection.DetectionTask.evaluate`).
 The check matches detections rather than comparing them in order (:func:`match_detections`):
 detections of equal score may come out in another order. Every exported detection must have
 a PyTorch detection of the same label whose box and score are within the tolerance, and the
-other way round; the only detections allowed to stay unmatched are those that tie with the
-last one kept at a score cut (top-k candidates, the per-image cap), where rounding decides
-which of equal candidates is kept. The card counts them.
+other way round; the only detections allowed to stay unmatched are a few (1 % of an image's,
+at least one) that tie with at least two others at the lowest score kept, where rounding
+decides which of equal candidates survives a cut (top-k candidates, the per-image cap). The
+card counts them; an export whose check compared no detection is written with a warning.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -48,7 +50,12 @@ from ndkd.export.student import (
 )
 from ndkd.models.detection import PatchClassifier
 
+log = logging.getLogger(__name__)
+
 Detections = dict[str, torch.Tensor]
+TIED_SHARE = 0.01
+"""At most this share of one side's detections of an image (and at least one) may be
+unmatched where they tie at a score cut (:func:`match_detections`)."""
 OUTPUTS = ("boxes", "scores", "labels")
 _ADOPTED = ("classifier_name", "num_classes", "embedding_dim", "stage_info")
 
@@ -168,10 +175,17 @@ class DetectorExport(StudentExport):
         matches = [match_detections(out, ref) for out, ref in zip(outputs, reference)]
         passed = len(outputs) == len(reference) and all(m.ok for m in matches)
         diff = max((m.max_abs_diff for m in matches), default=0.0)
-        compared = f"{sum(len(ref['boxes']) for ref in reference)} detections"
+        count = sum(len(ref["boxes"]) for ref in reference)
+        compared = f"{count} detections"
+        if count == 0:
+            log.warning(
+                "the check compared no detections: the student detected nothing above its "
+                "score threshold on the %d test images checked",
+                len(reference),
+            )
         unmatched = sum(m.unmatched_at_cut for m in matches)
         if unmatched:
-            compared += f" ({unmatched} unmatched at a score cut, tied with the last kept)"
+            compared += f" ({unmatched} unmatched where scores tie at a cut)"
         return Check(diff, passed, len(reference), compared)
 
     def usage(self, fmt: str) -> list[str]:
@@ -223,7 +237,7 @@ class DetectorExport(StudentExport):
 class Match:
     """How two detection sets of one image matched: the largest ``|exported - reference|``
     of a box coordinate or score between matched detections, the detections of either side
-    left unmatched at the other's score cut, and whether the sets match."""
+    left unmatched (in a match: tied at a score cut), and whether the sets match."""
 
     max_abs_diff: float
     unmatched_at_cut: int
@@ -233,10 +247,12 @@ class Match:
 def match_detections(exported: Detections, reference: Detections) -> Match:
     """Match ``exported`` to ``reference`` (one image's detections), in both directions: a
     detection is matched when the other side has one of the same label whose box and score
-    are within ``ATOL + RTOL * |reference|``. The sets match when every detection is
-    matched, or is unmatched but scores, within the tolerance, the lowest score the other
-    side kept: such a candidate ties with the last one kept at a cut (the top-k candidates,
-    the per-image cap), where rounding decides which of equals is kept."""
+    are within ``ATOL + RTOL * |reference|``. The sets match when at least one detection
+    matched and every detection is matched, except a few (:data:`TIED_SHARE` of a side,
+    at least one) that tie at a cut: their score equals, within the tolerance, the lowest
+    score the other side kept, and the other side kept at least two detections of that
+    score. Which of equal candidates survives the top-k candidates or the per-image cap is
+    rounding's choice, so such a candidate may be swapped for another of the same score."""
     if len(exported["boxes"]) == 0 or len(reference["boxes"]) == 0:
         both_empty = len(exported["boxes"]) == len(reference["boxes"])
         return Match(0.0 if both_empty else math.inf, 0, both_empty)
@@ -246,18 +262,27 @@ def match_detections(exported: Detections, reference: Detections) -> Match:
     diff = (a[:, None] - b[None]).abs()  # [exported, reference, 5]
     excess = (diff / (ATOL + RTOL * b.abs()[None])).amax(dim=2)
     excess[exported["labels"][:, None] != reference["labels"][None]] = math.inf
-    matched_exported, matched_reference = excess.amin(dim=1) <= 1, excess.amin(dim=0) <= 1
-    kept_exported = matched_exported | _at_cut(a[:, 4], b[:, 4].min())
-    kept_reference = matched_reference | _at_cut(b[:, 4], a[:, 4].min())
-    rows = matched_exported.nonzero().flatten()
-    nearest = excess[rows].argmin(dim=1)
-    worst = float(diff[rows, nearest].max()) if len(rows) else math.inf
-    unmatched = int((~matched_exported).sum() + (~matched_reference).sum())
-    return Match(worst, unmatched, bool(kept_exported.all() and kept_reference.all()))
+    matched = (excess.amin(dim=1) <= 1, excess.amin(dim=0) <= 1)
+    tied = (_tied_at_cut(a[:, 4], b[:, 4]), _tied_at_cut(b[:, 4], a[:, 4]))
+    rows = matched[0].nonzero().flatten()
+    if len(rows) == 0:
+        return Match(math.inf, int(len(a) + len(b)), False)
+    worst = float(diff[rows, excess[rows].argmin(dim=1)].max())
+    unmatched = [~side for side in matched]
+    ok = all(
+        bool((m | t).all()) and int(u.sum()) <= max(1, int(TIED_SHARE * len(m)))
+        for m, t, u in zip(matched, tied, unmatched)
+    )
+    return Match(worst, int(unmatched[0].sum() + unmatched[1].sum()), ok)
 
 
-def _at_cut(scores: torch.Tensor, lowest_kept: torch.Tensor) -> torch.Tensor:
-    return (scores - lowest_kept).abs() <= ATOL + RTOL * lowest_kept.abs()
+def _tied_at_cut(scores: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Which of ``scores`` equal, within the tolerance, the lowest of ``other`` (the other
+    side's scores), provided the other side kept at least two detections of that score."""
+    lowest = other.min()
+    tolerance = ATOL + RTOL * lowest.abs()
+    ties = int(((other - lowest).abs() <= tolerance).sum())
+    return ((scores - lowest).abs() <= tolerance) & (ties >= 2)
 
 
 def _plain(found: Detections) -> Detections:

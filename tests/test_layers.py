@@ -36,6 +36,7 @@ LAYERS = {
     "demo": 8,
     "sweep": 8,
     "cli": 9,
+    "cli_sweep": 9,
     "__main__": 9,
     "__init__": 9,
 }

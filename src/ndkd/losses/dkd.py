@@ -44,9 +44,9 @@ def dkd_loss(
     check_labels(labels, batch, num_classes)
     labels = labels.to(student_logits.device).long()
     s, t = s / tau, t / tau
-    others = _non_target_index(labels, num_classes)
-    s_target, s_others = _split(s, labels, others)
-    t_target, t_others = _split(t, labels, others)
+    others = non_target_index(labels, num_classes)
+    s_target, s_others = split_target(s, labels, others)
+    t_target, t_others = split_target(t, labels, others)
 
     tckd = _kl_from_logs(
         _binary_log_probs(t_target, t_others), _binary_log_probs(s_target, s_others)
@@ -56,13 +56,13 @@ def dkd_loss(
     return reduce_per_sample(per_sample, labels, num_classes, reduction)
 
 
-def _non_target_index(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def non_target_index(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``[B, C-1]`` class indices other than each label, in increasing order."""
     ranks = torch.arange(num_classes - 1, device=labels.device).expand(labels.shape[0], -1)
     return ranks + (ranks >= labels.unsqueeze(1)).long()
 
 
-def _split(
+def split_target(
     logits: torch.Tensor, labels: torch.Tensor, others: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The target logit ``[B]`` and the non-target logits ``[B, C-1]``."""

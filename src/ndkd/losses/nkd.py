@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ndkd.checks import check_labels, check_logit_pair, check_non_negative, promote
-from ndkd.losses.dkd import _non_target_index, _split
+from ndkd.losses.dkd import non_target_index, split_target
 from ndkd.losses.reduction import Reduction, reduce_per_sample
 
 
@@ -53,9 +53,9 @@ def nkd_loss(
     p_t_target = F.softmax(t, dim=1).gather(1, index).squeeze(1)
     target = -p_t_target * log_p_s_target
 
-    others = _non_target_index(labels, num_classes)
-    _, s_others = _split(s / temperature, labels, others)
-    _, t_others = _split(t / temperature, labels, others)
+    others = non_target_index(labels, num_classes)
+    _, s_others = split_target(s / temperature, labels, others)
+    _, t_others = split_target(t / temperature, labels, others)
     log_q_s = F.log_softmax(s_others, dim=1)
     q_t = F.softmax(t_others, dim=1)
     non_target = -(q_t * log_q_s).sum(dim=1)

@@ -53,9 +53,8 @@ class ClassifierExport(StudentExport):
             raise ValueError("the run's test split yielded no images to check the export on")
         return [batch.contiguous() for batch in found]
 
-    def run(self, model: nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        with torch.no_grad():
-            return [model(batch).logits.float() for batch in inputs]
+    def reference(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return _logits(self.student, inputs)
 
     def write(self, fmt: str, path: Path, inputs: list[torch.Tensor]) -> str:
         if fmt == "safetensors":
@@ -96,7 +95,7 @@ class ClassifierExport(StudentExport):
 
     def read(self, fmt: str, path: Path, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         if fmt == "safetensors":
-            return self.run(self.read_safetensors(path), inputs)
+            return _logits(self.read_safetensors(path), inputs)
         if fmt == "torchscript":
             model = jit_load(path)
             with torch.no_grad():
@@ -169,3 +168,9 @@ class ClassifierExport(StudentExport):
             f"Inputs: float32 images `[B, {self.in_channels}, H, W]`, normalised as the run's "
             "eval transform does (see `config.yaml`); output: logits `[B, C]`."
         )
+
+
+def _logits(model: nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``model``'s (eager, output contract) float32 logits of each batch."""
+    with torch.no_grad():
+        return [model(batch).logits.float() for batch in inputs]

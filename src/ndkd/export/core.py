@@ -113,7 +113,7 @@ def export_run(
     student, data, _, task = trained_student(built, weights, join_process_group=False)
     kind = KINDS[config.task](student, config, data, task)
     inputs = kind.inputs(data.test_loader, task, CHECK_BATCHES)
-    reference = kind.run(kind.student, inputs)
+    reference = kind.reference(inputs)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))

@@ -128,12 +128,12 @@ class DetectorExport(StudentExport):
             raise ValueError("the run's test split yielded no images to check the export on")
         return found
 
-    def run(self, model: nn.Module, inputs: list[list[torch.Tensor]]) -> list[Detections]:
-        """Each image's detections by the student ``model`` (eager), through
-        :func:`inference_detector` as the export runs it."""
-        detector = inference_detector(model, self.transform)
-        with torch.no_grad():
-            return [_plain(found) for images in inputs for found in detector(images)]
+    def reference(self, inputs: list[list[torch.Tensor]]) -> list[Detections]:
+        """Each image's detections by the student (eager), as the export runs it: on a copy
+        of its own, for ``self.detector`` must not run before it is scripted (torchvision's
+        ``MultiScaleRoIAlign`` keeps the scales of its first forward, and
+        ``torch.jit.script`` would freeze them into the export)."""
+        return _detections(inference_detector(self.student, self.transform), inputs)
 
     def write(self, fmt: str, path: Path, inputs: list[list[torch.Tensor]]) -> str:
         if fmt == "safetensors":
@@ -157,12 +157,12 @@ class DetectorExport(StudentExport):
 
     def read(self, fmt: str, path: Path, inputs: list[list[torch.Tensor]]) -> list[Detections]:
         if fmt == "safetensors":
-            return self.run(self.read_safetensors(path), inputs)
+            reloaded = inference_detector(self.read_safetensors(path), self.transform)
+            return _detections(reloaded, inputs)
         if fmt == "torchscript":
-            model = jit_load(path)
-            with torch.no_grad(), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*always returns a")
-                return [_plain(found) for images in inputs for found in model(images)]
+                return _detections(jit_load(path), inputs)
         session = onnx_session(path)
         name = session.get_inputs()[0].name
         found = []
@@ -283,6 +283,13 @@ def _tied_at_cut(scores: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     tolerance = ATOL + RTOL * lowest.abs()
     ties = int(((other - lowest).abs() <= tolerance).sum())
     return ((scores - lowest).abs() <= tolerance) & (ties >= 2)
+
+
+def _detections(detector: nn.Module, inputs: list[list[torch.Tensor]]) -> list[Detections]:
+    """Each image's detections by ``detector`` (an :func:`inference_detector`, or its
+    scripted :class:`DetectionsOnly`)."""
+    with torch.no_grad():
+        return [_plain(found) for images in inputs for found in detector(images)]
 
 
 def _plain(found: Detections) -> Detections:

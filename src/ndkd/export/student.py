@@ -63,8 +63,8 @@ class StudentExport(ABC):
         """
 
     @abstractmethod
-    def run(self, model: nn.Module, inputs: list[Any]) -> list[Any]:
-        """``model``'s (a student of this kind, eager) exported outputs of each batch."""
+    def reference(self, inputs: list[Any]) -> list[Any]:
+        """The PyTorch student's (eager) outputs of each batch, as the export returns them."""
 
     @abstractmethod
     def write(self, fmt: str, path: Path, inputs: list[Any]) -> str:
@@ -104,8 +104,8 @@ class StudentExport(ABC):
         return model
 
     def weights_over_protobuf_limit(self) -> bool:
-        """Whether the weights are too big for one ONNX protobuf (2 GiB): then they go to a
-        ``.data`` file beside it."""
+        """Whether the weights pass 1 GiB, half the 2 GiB limit of one ONNX protobuf (room
+        for the graph): then they go to a ``.data`` file beside it."""
         state = self.student.state_dict().values()
         return sum(t.numel() * t.element_size() for t in state) > 2**30
 

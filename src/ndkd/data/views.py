@@ -47,7 +47,11 @@ class TwoViewTransform:
 
     weak: BatchTransform | None
     policy: str
-    train: bool = True
+
+    @property
+    def train(self) -> bool:
+        """Always: every access draws both views from the sample's generator."""
+        return True
 
 
 class TwoViewDataset(SeededDataset):
@@ -89,8 +93,6 @@ class TwoViewDataset(SeededDataset):
     def _sample(
         self, index: int, rng: np.random.Generator | None
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
-        if rng is None:  # TwoViewTransform always trains; a bare access still gets a draw
-            rng = np.random.default_rng([self.seed, self.epoch, index])
         image = self.source.images[index]
         transform = self.transform.weak
         crops = transform is not None and transform.train

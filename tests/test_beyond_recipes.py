@@ -8,7 +8,14 @@ from __future__ import annotations
 import pytest
 
 from ndkd.config import load_config
-from test_published_recipes import BENCHMARK, CIFAR, LIGHT, PAIRS, assert_adds_nd_only, term_rows
+from test_published_recipes import (
+    BENCHMARK,
+    CIFAR,
+    PAIRS,
+    assert_adds_nd_only,
+    assert_schedule,
+    term_rows,
+)
 from test_recipes import PAIRS as KDPP_WEIGHTS  # (kd weight, nd weight) of the KD++ recipes
 
 # sunshangquan/logit-standardization-KD: log file names TYPE,T,S,BASE_TEMP,KD_WEIGHT[,BETA]
@@ -66,11 +73,7 @@ def test_recipe_has_its_sources_settings_and_plus_plus_adds_nd(method, pair):
     config = load_config(CIFAR / method / f"{pair}.yaml")
     assert f"{config.teacher.arch}_{config.student.arch}" == pair
     assert term_rows(config) == _expected(method, pair)
-    train = config.train
-    light = config.student.arch in LIGHT
-    assert train.lr == (BENCHMARK["light_lr"] if light else BENCHMARK["lr"])
-    assert (train.batch_size, train.nesterov) == (BENCHMARK["batch_size"], BENCHMARK["nesterov"])
-    assert (train.epochs, train.milestones) == (240, [150, 180, 210])
+    assert_schedule(config, BENCHMARK)
     plus = load_config(CIFAR / f"{method}++" / f"{pair}.yaml")
     nd_weight = KDPP_WEIGHTS[pair][1]
     assert_adds_nd_only(config, plus, nd_weight)

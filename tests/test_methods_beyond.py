@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from ndkd import ModelOutput
 from ndkd.config import TermConfig
@@ -17,6 +16,7 @@ from ndkd.losses.nkd import nkd_loss
 from ndkd.losses.standardize import standardize_pair
 from ndkd.losses.wttm import wttm_loss
 from ndkd.methods import BuildContext, Distiller, StepOutputs, build_term, term_parameters
+from test_methods_logit import train_towards_teacher
 
 
 def outputs(batch=6, classes=4, teacher_classes=None):
@@ -150,16 +150,6 @@ def test_nkd_reads_class_labels_and_refuses_multi_label_targets():
         build_term("nkd", context(one, one), {})
 
 
-class TinyNet(nn.Module):
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.body, self.head = nn.Linear(dim, 16), nn.Linear(16, classes)
-
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        embedding = torch.relu(self.body(x))
-        return ModelOutput(self.head(embedding), embedding)
-
-
 @pytest.mark.parametrize(
     ("name", "params"),
     [
@@ -171,27 +161,13 @@ class TinyNet(nn.Module):
     ],
 )
 def test_term_trains_a_student_towards_the_teacher(name, params):
-    torch.manual_seed(0)
-    images, labels = torch.randn(32, 8), torch.randint(0, 5, (32,))
-    teacher_out = TinyNet(8, 5)(images)
-    teacher_out = ModelOutput(teacher_out.logits.detach() * 3, teacher_out.embedding.detach())
-    student = TinyNet(8, 5)
-    method = Distiller(
-        [TermConfig(name, 1.0, 0, params)], BuildContext(5, student(images[:2]), teacher_out)
-    )
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
+    losses, t, labels = train_towards_teacher(name, params, steps=60)
     # Each loss is >= 0 with its infimum 0, except NKD's, which holds cross-entropies: its
     # non-target part is >= gamma * T^2 * the teacher's non-target entropy (its infimum).
     floor = 0.0
     if name == "nkd":
-        t, args = teacher_out.logits, (params.get("temperature", 1.0), params.get("gamma", 1.5))
+        args = (params.get("temperature", 1.0), params.get("gamma", 1.5))
         floor = (nkd_loss(t, t, labels, *args) - nkd_loss(t, t, labels, args[0], 0.0)).item()
-    history = []
-    for _ in range(60):
-        loss = method(StepOutputs(student(images), teacher_out, labels), 0)[name]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item() - floor)
+    history = [loss - floor for loss in losses]
     assert all(math.isfinite(v) for v in history)
     assert history[-1] < 0.5 * history[0]

@@ -259,22 +259,33 @@ def test_term_defaults_weight_warmup_and_refusal(name):
         )
 
 
-@pytest.mark.parametrize("name", sorted(TERMS))
-def test_term_trains_a_student_towards_the_teacher(name):
+def train_towards_teacher(
+    name: str, params: dict | None = None, steps: int = 40
+) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+    """Train a TinyNet student with the term ``name`` (``params``) alone towards a fixed
+    TinyNet teacher (its logits x3) on 32 random samples of 5 classes, SGD ``steps`` times;
+    the loss of each step, the teacher's logits and the labels."""
     torch.manual_seed(0)
     images, labels = torch.randn(32, 8), torch.randint(0, 5, (32,))
     teacher_out = TinyNet(8, 5)(images)
     teacher_out = ModelOutput(teacher_out.logits.detach() * 3, teacher_out.embedding.detach())
     student = TinyNet(8, 5)
-    method = Distiller([TermConfig(name, 1.0)], BuildContext(5, student(images[:2]), teacher_out))
+    term = TermConfig(name, 1.0, 0, params or {})
+    method = Distiller([term], BuildContext(5, student(images[:2]), teacher_out))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
     history = []
-    for _ in range(40):
+    for _ in range(steps):
         loss = method(StepOutputs(student(images), teacher_out, labels), 0)[name]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         history.append(loss.item())
+    return history, teacher_out.logits, labels
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_term_trains_a_student_towards_the_teacher(name):
+    history, _, _ = train_towards_teacher(name)
     assert all(math.isfinite(v) for v in history)
     assert history[-1] < 0.5 * history[0]
 

@@ -88,6 +88,19 @@ def term_rows(config) -> list[tuple]:
     return [(t.name, t.weight, t.params, t.warmup_epochs, t.warmup_from) for t in config.terms]
 
 
+def assert_schedule(config, schedule: dict) -> None:
+    """``config`` trains 240 epochs on ``schedule`` (LR, batch, Nesterov; the light LR for
+    the MobileNetV2 and ShuffleNet students), SGD momentum 0.9, weight decay 5e-4 on every
+    parameter, x0.1 at 150/180/210, no LR warm-up."""
+    train = config.train
+    light = config.student.arch in LIGHT
+    assert train.lr == (schedule["light_lr"] if light else schedule["lr"])
+    assert (train.batch_size, train.nesterov) == (schedule["batch_size"], schedule["nesterov"])
+    assert (train.epochs, train.milestones, train.gamma) == (240, [150, 180, 210], 0.1)
+    assert (train.momentum, train.weight_decay, train.decay_norms_and_biases) == (0.9, 5e-4, True)
+    assert train.lr_warmup_epochs == 0
+
+
 def assert_adds_nd_only(plain, plus, nd_weight: float) -> None:
     """``plus`` is ``plain`` with the ``nd`` term at ``nd_weight`` appended, reading the
     same class means; only its terms, output folder and recipe name differ."""
@@ -105,14 +118,7 @@ def test_published_recipe_has_its_sources_settings(method, pair):
     config = load_config(CIFAR / method / f"{pair}.yaml")
     assert f"{config.teacher.arch}_{config.student.arch}" == pair
     assert term_rows(config) == _expected_terms(method, pair)
-    schedule = REVIEWKD_SCHEDULE if method == "reviewkd" else BENCHMARK
-    train = config.train
-    light = config.student.arch in LIGHT
-    assert train.lr == (schedule["light_lr"] if light else schedule["lr"])
-    assert (train.batch_size, train.nesterov) == (schedule["batch_size"], schedule["nesterov"])
-    assert (train.epochs, train.milestones, train.gamma) == (240, [150, 180, 210], 0.1)
-    assert (train.momentum, train.weight_decay, train.decay_norms_and_biases) == (0.9, 5e-4, True)
-    assert train.lr_warmup_epochs == 0
+    assert_schedule(config, REVIEWKD_SCHEDULE if method == "reviewkd" else BENCHMARK)
     assert config.teacher.bn == ("train" if method in TEACHER_BN_TRAIN else "eval")
     assert config.output_dir == f"runs/cifar100/{method}/{pair}/seed0"
     assert config.recipe == f"cifar100/{method}/{pair}"

@@ -119,6 +119,12 @@ def check_count(name: str, value: int, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, found {value!r}")
 
 
+def check_flag(name: str, value: object) -> None:
+    """Require a boolean option (``true``/``false`` in a config), not a number or a string."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, found {value!r}")
+
+
 def _finite_real(value: object) -> bool:
     """A real number (not a bool) that is neither NaN nor infinite."""
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ndkd.checks import check_non_negative, check_positive
+from ndkd.checks import check_flag, check_non_negative, check_positive
 from ndkd.losses.dkd import dkd_loss
 from ndkd.methods.base import (
     BuildContext,
@@ -13,7 +13,7 @@ from ndkd.methods.base import (
     check_same_classes,
     need_teacher,
 )
-from ndkd.methods.logit import check_flag, logit_pair
+from ndkd.methods.logit import logit_pair
 from ndkd.methods.registry import register
 
 

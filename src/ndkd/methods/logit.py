@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ndkd.checks import check_fraction, check_positive
+from ndkd.checks import check_flag, check_fraction, check_positive
 from ndkd.losses.kd import hard_distillation_loss, kd_loss
 from ndkd.losses.standardize import standardize_pair
 from ndkd.methods.base import (
@@ -55,12 +55,6 @@ class BinaryCrossEntropyTerm(Term):
         return F.binary_cross_entropy_with_logits(
             outputs.student.logits.float(), outputs.labels.float()
         )
-
-
-def check_flag(name: str, value: object) -> None:
-    """Require a boolean option (``true``/``false`` in a config), not a number or a string."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, found {value!r}")
 
 
 def logit_pair(

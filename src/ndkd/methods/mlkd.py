@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ndkd.checks import check_flag
 from ndkd.losses.mlkd import LEVELS, MASK_MODES, check_temperatures, confidence_masks, mlkd_loss
 from ndkd.losses.standardize import standardize_pair
 from ndkd.methods.base import BuildContext, StepOutputs, Term, check_same_classes, need_teacher
@@ -72,8 +73,7 @@ class MLKDTerm(Term):
             )
         if len(set(levels)) != len(levels):
             raise ValueError(f"mlkd: levels must not repeat a level, found {list(levels)!r}")
-        if not isinstance(standardize, bool):
-            raise ValueError(f"mlkd: standardize must be true or false, found {standardize!r}")
+        check_flag("mlkd: standardize", standardize)
         check_same_classes("mlkd", context)
         self.temperatures = tuple(float(t) for t in temperatures)
         self.mask = mask

@@ -95,6 +95,12 @@ def check_feature_map(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must be [B, C, H, W], found shape {tuple(x.shape)}")
 
 
+def check_finite(name: str, value: float) -> None:
+    """Require a finite real number (not a bool)."""
+    if not _finite_real(value):
+        raise ValueError(f"{name} must be a finite number, found {value!r}")
+
+
 def check_positive(name: str, value: float) -> None:
     """Require a finite real number ``> 0``."""
     if not _finite_real(value) or value <= 0:

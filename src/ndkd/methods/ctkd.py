@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ndkd.checks import check_count, check_non_negative, check_positive
+from ndkd.checks import check_count, check_finite, check_non_negative, check_positive
 from ndkd.losses.ctkd import bounded_temperature, curriculum_lambda, reverse_gradient
 from ndkd.losses.dkd import dkd_loss
 from ndkd.losses.kd import kd_loss
@@ -117,10 +114,7 @@ class CTKDTerm(Term):
         check_non_negative("ctkd: beta", beta)
         check_positive("ctkd: t_start", t_start)
         check_positive("ctkd: t_range", t_range)
-        if isinstance(init_logit, bool) or not isinstance(init_logit, Real):
-            raise ValueError(f"ctkd: init_logit must be a finite number, found {init_logit!r}")
-        if not math.isfinite(init_logit):
-            raise ValueError(f"ctkd: init_logit must be a finite number, found {init_logit!r}")
+        check_finite("ctkd: init_logit", init_logit)
         check_non_negative("ctkd: lambda_min", lambda_min)
         check_non_negative("ctkd: lambda_max", lambda_max)
         check_count("ctkd: curriculum_epochs", curriculum_epochs, minimum=0)

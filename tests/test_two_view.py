@@ -398,3 +398,12 @@ def test_one_epoch_cli_train_on_an_image_folder_with_two_views(tmp_path):
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert record["loss/ce"] > 0 and record["loss/ce@strong"] > 0
     assert record["test_samples"] == 16
+
+
+def test_the_config_accepts_exactly_the_policies_the_data_layer_has():
+    """``config.STRONG_VIEWS`` repeats the policy names, since the config module must not
+    import the data layer (``ndkd --help`` loads no torch): the two lists stay equal."""
+    from ndkd.config import STRONG_VIEWS
+    from ndkd.data.strong_augment import POLICIES
+
+    assert set(STRONG_VIEWS) == set(POLICIES)
